@@ -1,0 +1,184 @@
+"""The torch backend layer: the one module that touches ``torch.func`` and ``torch.compile``.
+
+Everything else in fctc differentiates, vectorises and compiles through these functions, so the
+choice of machinery lives in one place:
+
+* :func:`value_and_grad` / :func:`grad` follow JAX's conventions (``argnums``, ``has_aux``).
+  Eagerly they run one ``torch.autograd.grad`` over detached copies of the differentiated
+  leaves, which costs exactly what ``loss.backward()`` costs; under ``torch.compile`` or inside
+  another functorch transform they use ``torch.func.grad_and_value`` so that the whole step
+  traces into one graph. Both paths use the same derivative formulas.
+* :func:`vmap` is ``torch.func.vmap``.
+* :func:`jit` compiles a pure function with ``torch.compile``; ``jit(fn, enabled=False)`` runs
+  the very same function eagerly, so every compiled path has an eager twin for tests.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.func
+
+from . import tree as _tree
+
+__all__ = ["value_and_grad", "grad", "vmap", "jit", "is_tracing"]
+
+
+def is_tracing() -> bool:
+    """True while torch.compile traces or a functorch transform (grad, vmap) is active."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def _check_argnums(argnums: int | Sequence[int], nargs: int) -> tuple[int, ...]:
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    if not nums:
+        raise ValueError("value_and_grad: argnums must name at least one argument")
+    for a in nums:
+        if not isinstance(a, int) or not -nargs <= a < nargs:
+            raise ValueError(
+                f"value_and_grad: argnums={argnums!r} does not fit a call with {nargs} "
+                "positional arguments"
+            )
+    return tuple(a % nargs for a in nums)
+
+
+def _check_scalar(value: Any) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.numel() != 1 or not value.is_floating_point():
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise TypeError(
+            "value_and_grad: the function must return a floating scalar tensor "
+            f"(or (scalar, aux) with has_aux=True), got {shape}"
+        )
+    return value
+
+
+def value_and_grad(
+    fn: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False
+) -> Callable[..., Any]:
+    """Return a function computing ``fn``'s value and its gradient, JAX style.
+
+    ``fn`` must return a floating scalar tensor, or ``(scalar, aux)`` when ``has_aux``. The
+    returned function gives ``(value, grads)`` or ``((value, aux), grads)``; ``grads`` mirrors
+    the pytree of the argument named by ``argnums`` (a tuple of them when ``argnums`` is a
+    tuple). Leaves the value does not depend on get zero gradients. Inputs are never mutated.
+    """
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        nums = _check_argnums(argnums, len(args))
+        if is_tracing():
+            return _func_path(fn, nums, argnums, has_aux, args, kwargs)
+        return _autograd_path(fn, nums, argnums, has_aux, args, kwargs)
+
+    return wrapped
+
+
+def _func_path(fn, nums, argnums, has_aux, args, kwargs):
+    def inner(*a):
+        out = fn(*a, **kwargs)
+        if has_aux:
+            value, aux = out
+            return _check_scalar(value), (value, aux)
+        return _check_scalar(out), out
+
+    grads, (value, aux) = torch.func.grad_and_value(inner, argnums=nums, has_aux=True)(*args)
+    if not has_aux:
+        value = aux
+    grads = grads[0] if isinstance(argnums, int) else grads
+    return ((value, aux) if has_aux else value), grads
+
+
+def _autograd_path(fn, nums, argnums, has_aux, args, kwargs):
+    args = list(args)
+    flats = []
+    for n in nums:
+        xs, spec = _tree.flatten(args[n])
+        for x in xs:
+            if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+                raise TypeError(
+                    f"value_and_grad: argument {n} must be a pytree of floating tensors; "
+                    f"found a leaf of type {getattr(x, 'dtype', type(x).__name__)}"
+                )
+        xs = [x.detach().requires_grad_(True) for x in xs]
+        args[n] = _tree.unflatten(spec, xs)
+        flats.append((xs, spec))
+    with torch.enable_grad():
+        out = fn(*args, **kwargs)
+        value, aux = (out if has_aux else (out, None))
+        _check_scalar(value)
+        all_leaves = [x for xs, _ in flats for x in xs]
+        gs = torch.autograd.grad(value, all_leaves, allow_unused=True) if all_leaves else ()
+    gs = [torch.zeros_like(x) if g is None else g for x, g in zip(all_leaves, gs)]
+    grads, i = [], 0
+    for xs, spec in flats:
+        grads.append(_tree.unflatten(spec, gs[i : i + len(xs)]))
+        i += len(xs)
+    value = value.detach()
+    aux = _tree.map(lambda a: a.detach() if isinstance(a, torch.Tensor) else a, aux)
+    grads = grads[0] if isinstance(argnums, int) else tuple(grads)
+    return ((value, aux) if has_aux else value), grads
+
+
+def grad(
+    fn: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False
+) -> Callable[..., Any]:
+    """Return a function computing the gradient of ``fn`` (``(grads, aux)`` with ``has_aux``)."""
+    vg = value_and_grad(fn, argnums=argnums, has_aux=has_aux)
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        out, grads = vg(*args, **kwargs)
+        return (grads, out[1]) if has_aux else grads
+
+    return wrapped
+
+
+def vmap(
+    fn: Callable[..., Any],
+    in_dims: Any = 0,
+    out_dims: Any = 0,
+    randomness: str = "error",
+    chunk_size: int | None = None,
+) -> Callable[..., Any]:
+    """Vectorise ``fn`` over a batch dimension (``torch.func.vmap``)."""
+    return torch.func.vmap(
+        fn, in_dims=in_dims, out_dims=out_dims, randomness=randomness, chunk_size=chunk_size
+    )
+
+
+def jit(
+    fn: Callable[..., Any] | None = None,
+    *,
+    enabled: bool = True,
+    fullgraph: bool = False,
+    dynamic: bool | None = None,
+    mode: str | None = None,
+    backend: str = "inductor",
+    options: dict | None = None,
+) -> Callable[..., Any]:
+    """Compile a pure function with ``torch.compile``; ``enabled=False`` returns it unchanged.
+
+    Usable as ``jit(fn)``, ``jit(fn, enabled=flag)`` or as a decorator ``@jit(fullgraph=True)``.
+    The function must be pure (no mutation of its inputs, randomness only from keys), which is
+    what lets the compiled and the eager paths agree.
+    """
+    if fn is None:
+        return functools.partial(
+            jit,
+            enabled=enabled,
+            fullgraph=fullgraph,
+            dynamic=dynamic,
+            mode=mode,
+            backend=backend,
+            options=options,
+        )
+    if not enabled:
+        return fn
+    return torch.compile(
+        fn, fullgraph=fullgraph, dynamic=dynamic, mode=mode, backend=backend, options=options
+    )

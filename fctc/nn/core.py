@@ -1,0 +1,84 @@
+"""The model contract: a ``Model`` is a pair of pure functions over parameter pytrees.
+
+``init(key) -> (params, state)`` builds the parameters (what ``nn.Module.parameters()`` holds)
+and the state (its buffers: running statistics, counters) as nested dicts of tensors whose
+"."-joined paths are the ``state_dict`` keys of the matching imperative module.
+
+``apply(params, state, *inputs, train=False, key=None) -> (outputs, new_state)`` never mutates
+its arguments; updated running statistics come back in ``new_state``, and randomness comes only
+from ``key``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+
+__all__ = ["Model", "check_rank", "check_lengths", "check_params"]
+
+
+class Model(NamedTuple):
+    """A pure model: ``init(key) -> (params, state)`` and
+    ``apply(params, state, *inputs, train=False, key=None) -> (outputs, state)``."""
+
+    init: Callable[..., tuple[Any, Any]]
+    apply: Callable[..., tuple[Any, Any]]
+
+
+def check_rank(x: Any, rank: int | tuple[int, ...], name: str, what: str = "x") -> torch.Tensor:
+    """Raise a ``ValueError`` naming the layer when ``x`` is not a tensor of the given rank(s)."""
+    ranks = (rank,) if isinstance(rank, int) else tuple(rank)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: {what} must be a tensor, got {type(x).__name__}")
+    if x.dim() not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        raise ValueError(
+            f"{name}: {what} must have rank {want}, got shape {tuple(x.shape)} (rank {x.dim()})"
+        )
+    return x
+
+
+def check_lengths(lengths: Any, x: torch.Tensor, name: str, time_dim: int = -1) -> torch.Tensor:
+    """Validate per-example lengths against ``x``: a 1-D integer or float tensor of size B.
+
+    Values are checked against ``[0, x.shape[time_dim]]`` only outside tracing (the check needs
+    a host sync, which a compiled step must not pay).
+    """
+    if not isinstance(lengths, torch.Tensor):
+        raise TypeError(f"{name}: lengths must be a tensor, got {type(lengths).__name__}")
+    if lengths.dim() != 1 or lengths.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{name}: lengths must have shape ({x.shape[0]},) to match the batch of x with shape "
+            f"{tuple(x.shape)}, got {tuple(lengths.shape)}"
+        )
+    from ..backend import is_tracing
+
+    if not is_tracing() and lengths.numel():
+        lo, hi = int(lengths.min()), int(lengths.max())
+        limit = x.shape[time_dim]
+        if lo < 0:
+            raise ValueError(f"{name}: lengths must be non-negative, got a minimum of {lo}")
+        if hi > limit:
+            raise ValueError(
+                f"{name}: lengths go up to {hi}, beyond the {limit} time steps of x "
+                f"(shape {tuple(x.shape)})"
+            )
+    return lengths
+
+
+def check_params(params: Any, expected: dict[str, tuple[int, ...]], name: str) -> None:
+    """Check that ``params`` holds exactly the named tensors with the expected shapes."""
+    if not isinstance(params, dict):
+        raise TypeError(f"{name}: params must be a dict, got {type(params).__name__}")
+    missing = [k for k in expected if k not in params]
+    unexpected = [k for k in params if k not in expected]
+    if missing or unexpected:
+        raise ValueError(
+            f"{name}: params do not match the layer: missing {missing}, unexpected {unexpected}"
+        )
+    for k, shape in expected.items():
+        got = tuple(params[k].shape)
+        if got != tuple(shape):
+            raise ValueError(f"{name}: params[{k!r}] has shape {got}, expected {tuple(shape)}")

@@ -1,0 +1,225 @@
+"""Explicit, splittable, counter-based random keys (JAX's model, on torch tensors).
+
+A key is an ``int64`` tensor of shape ``(2,)`` holding two 32-bit words. Every random number
+is a pure function of a key and a position: the Threefry-2x32 block cipher (20 rounds, the
+generator JAX uses) encrypts a counter under the key. So the same key gives the same numbers
+every time, on every device, eagerly and under ``torch.compile``; and no global RNG state is
+read or written. Keys are consumed, not advanced: derive new ones with :func:`split` or
+:func:`fold_in`, and never use one key for two purposes.
+
+The counter space is divided into domains so that :func:`split`, :func:`fold_in` and the
+sampling functions can never produce the same block from one key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "key",
+    "split",
+    "fold_in",
+    "bits",
+    "uniform",
+    "normal",
+    "bernoulli",
+    "randint",
+    "permutation",
+    "is_key",
+]
+
+_MASK = 0xFFFFFFFF
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_PARITY = 0x1BD11BDA
+# Counter domains (the high counter word) keep the streams of one key apart.
+_SAMPLE_DOMAIN = 0
+_SPLIT_DOMAIN = 1
+_FOLD_DOMAIN = 2
+
+
+def key(seed: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """A new key from an integer seed (any Python int; reduced modulo 2**64)."""
+    if isinstance(seed, torch.Tensor):
+        seed = int(seed.item())
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"random.key: seed must be an int, got {type(seed).__name__}")
+    seed %= 2**64
+    return torch.tensor([(seed >> 32) & _MASK, seed & _MASK], dtype=torch.int64, device=device)
+
+
+def is_key(k: object) -> bool:
+    """True when ``k`` looks like an fctc key (an int64 tensor of shape (2,))."""
+    return isinstance(k, torch.Tensor) and k.dtype == torch.int64 and tuple(k.shape) == (2,)
+
+
+def _check_key(k: object, fn: str) -> torch.Tensor:
+    if not is_key(k):
+        what = (
+            f"a {k.dtype} tensor of shape {tuple(k.shape)}"
+            if isinstance(k, torch.Tensor)
+            else type(k).__name__
+        )
+        raise TypeError(
+            f"random.{fn}: expected a key (int64 tensor of shape (2,), from fctc.random.key), "
+            f"got {what}"
+        )
+    return k
+
+
+def _rotl(x: torch.Tensor, r: int) -> torch.Tensor:
+    return ((x << r) | (x >> (32 - r))) & _MASK
+
+
+def _threefry2x32(k: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor):
+    """Threefry-2x32 with 20 rounds on int64 tensors holding 32-bit words."""
+    k0, k1 = k[0], k[1]
+    ks = (k0, k1, k0 ^ k1 ^ _PARITY)
+    x0 = (x0 + ks[0]) & _MASK
+    x1 = (x1 + ks[1]) & _MASK
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x0 = (x0 + x1) & _MASK
+            x1 = _rotl(x1, r) ^ x0
+        x0 = (x0 + ks[(i + 1) % 3]) & _MASK
+        x1 = (x1 + ks[(i + 2) % 3] + (i + 1)) & _MASK
+    return x0, x1
+
+
+def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
+    """``num`` new independent keys, stacked as a ``(num, 2)`` tensor (unpack it or index it)."""
+    _check_key(k, "split")
+    if not isinstance(num, int) or num < 1:
+        raise ValueError(f"random.split: num must be a positive int, got {num!r}")
+    lo = torch.arange(num, dtype=torch.int64, device=k.device)
+    hi = torch.full_like(lo, _SPLIT_DOMAIN)
+    y0, y1 = _threefry2x32(k, hi, lo)
+    return torch.stack([y0, y1], dim=-1)
+
+
+def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
+    """A new key that mixes ``data`` (an int or int tensor scalar, e.g. a step) into ``k``."""
+    _check_key(k, "fold_in")
+    if isinstance(data, torch.Tensor):
+        if data.numel() != 1 or data.is_floating_point():
+            raise TypeError("random.fold_in: data must be an integer scalar")
+        d = data.reshape(()).to(device=k.device, dtype=torch.int64)
+    elif isinstance(data, int) and not isinstance(data, bool):
+        d = torch.tensor(data % 2**64 if data < 0 else data, dtype=torch.int64, device=k.device)
+    else:
+        raise TypeError(f"random.fold_in: data must be an int, got {type(data).__name__}")
+    hi = ((d >> 32) & _MASK) ^ (_FOLD_DOMAIN << 16)
+    y0, y1 = _threefry2x32(k, hi, d & _MASK)
+    return torch.stack([y0, y1])
+
+
+def _shape(shape: int | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(shape, int):
+        shape = (shape,)
+    shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"random: shape {shape} has a negative dimension")
+    return shape
+
+
+def bits(k: torch.Tensor, shape: int | Sequence[int], words: int = 1) -> torch.Tensor:
+    """Uniform random 32-bit words (as int64 in [0, 2**32)); ``words=2`` gives ``(*shape, 2)``."""
+    _check_key(k, "bits")
+    shape = _shape(shape)
+    n = 1
+    for s in shape:
+        n *= s
+    total = n * words
+    half = (total + 1) // 2
+    lo = torch.arange(half, dtype=torch.int64, device=k.device)
+    hi = torch.full_like(lo, _SAMPLE_DOMAIN)
+    y0, y1 = _threefry2x32(k, hi, lo)
+    out = torch.cat([y0, y1])[:total]
+    return out.reshape(*shape, words) if words > 1 else out.reshape(shape)
+
+
+def _unit(k: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Floats in [0, 1) on a grid of 2**-nmant, so every value is exact in ``dtype``."""
+    nmant = round(-math.log2(torch.finfo(dtype).eps))
+    if nmant <= 23:
+        b = bits(k, shape) >> (32 - nmant)
+        return (b.to(torch.float32) * 2.0**-nmant).to(dtype)
+    w = bits(k, shape, words=2)
+    b = (w[..., 0] << 20) | (w[..., 1] >> 12)  # 52 random bits
+    return b.to(torch.float64) * 2.0**-52
+
+
+def uniform(
+    k: torch.Tensor,
+    shape: int | Sequence[int] = (),
+    dtype: torch.dtype = torch.float32,
+    minval: float | torch.Tensor = 0.0,
+    maxval: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """Uniform samples in ``[minval, maxval)`` on the key's device."""
+    _check_key(k, "uniform")
+    if not dtype.is_floating_point:
+        raise TypeError(f"random.uniform: dtype must be floating, got {dtype}")
+    u = _unit(k, _shape(shape), dtype)
+    if isinstance(minval, (int, float)) and isinstance(maxval, (int, float)):
+        if minval == 0.0 and maxval == 1.0:
+            return u
+        if not maxval > minval:
+            raise ValueError(f"random.uniform: need minval < maxval, got {minval}, {maxval}")
+    out = u * (maxval - minval) + minval
+    return torch.maximum(out, torch.as_tensor(minval, dtype=dtype, device=out.device))
+
+
+def normal(
+    k: torch.Tensor,
+    shape: int | Sequence[int] = (),
+    dtype: torch.dtype = torch.float32,
+    mean: float = 0.0,
+    std: float = 1.0,
+) -> torch.Tensor:
+    """Normal samples (inverse-CDF of a uniform in (-1, 1), as JAX does)."""
+    _check_key(k, "normal")
+    if not dtype.is_floating_point:
+        raise TypeError(f"random.normal: dtype must be floating, got {dtype}")
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    lo = torch.nextafter(torch.tensor(-1.0, dtype=work), torch.tensor(0.0, dtype=work)).item()
+    u = uniform(k, shape, work, minval=lo, maxval=1.0)
+    z = torch.erfinv(u) * (2.0**0.5)
+    if mean != 0.0 or std != 1.0:
+        z = z * std + mean
+    return z.to(dtype)
+
+
+def bernoulli(
+    k: torch.Tensor, p: float | torch.Tensor = 0.5, shape: int | Sequence[int] | None = None
+) -> torch.Tensor:
+    """Boolean samples, True with probability ``p`` (``shape`` defaults to ``p``'s shape)."""
+    _check_key(k, "bernoulli")
+    if shape is None:
+        shape = tuple(p.shape) if isinstance(p, torch.Tensor) else ()
+    if isinstance(p, (int, float)) and not 0.0 <= p <= 1.0:
+        raise ValueError(f"random.bernoulli: p must lie in [0, 1], got {p}")
+    return uniform(k, shape) < p
+
+
+def randint(
+    k: torch.Tensor, shape: int | Sequence[int], minval: int | torch.Tensor, maxval: int | torch.Tensor
+) -> torch.Tensor:
+    """Integers in ``[minval, maxval)`` (int64); bounds may be tensors that broadcast."""
+    _check_key(k, "randint")
+    u = _unit(k, _shape(shape), torch.float64)
+    lo = torch.as_tensor(minval, device=k.device)
+    hi = torch.as_tensor(maxval, device=k.device)
+    span = (hi - lo).clamp_min(0).to(torch.float64)
+    out = lo + torch.floor(u * span).to(torch.int64)
+    return torch.minimum(out, (hi - 1).clamp_min(lo)).to(torch.int64)
+
+
+def permutation(k: torch.Tensor, n: int) -> torch.Tensor:
+    """A uniformly random permutation of ``range(n)`` (int64)."""
+    _check_key(k, "permutation")
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"random.permutation: n must be a non-negative int, got {n!r}")
+    return torch.argsort(_unit(k, (n,), torch.float64), stable=True)

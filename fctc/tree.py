@@ -1,0 +1,207 @@
+"""Pytree helpers on optree, shared by every fctc module.
+
+Parameters, model state and optimiser state are pytrees: nested dicts, lists, tuples and
+NamedTuples whose leaves are tensors. These helpers map over them, flatten them once for the
+``torch._foreach_*`` hot paths, and convert between nested dicts and the flat ``"a.b.c"`` keys
+that ``nn.Module.state_dict()`` uses.
+
+``None`` is treated as an empty subtree (as in JAX), so optional entries vanish from leaves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import optree
+import torch
+
+__all__ = [
+    "map",
+    "map_with_path",
+    "leaves",
+    "flatten",
+    "unflatten",
+    "structure",
+    "zeros_like",
+    "ones_like",
+    "full_like",
+    "global_norm",
+    "cast",
+    "flatten_dict",
+    "unflatten_dict",
+    "paths",
+    "size",
+    "all_finite",
+]
+
+PyTree = Any
+_NS = "fctc"
+
+
+def map(fn: Callable[..., Any], tree: PyTree, *rest: PyTree, is_leaf=None) -> PyTree:
+    """Apply ``fn`` leaf-wise over one or more trees of the same structure.
+
+    ``fn`` receives one leaf from each tree. The result has the structure of ``tree``.
+    """
+    return optree.tree_map(fn, tree, *rest, is_leaf=is_leaf, namespace=_NS)
+
+
+def map_with_path(fn: Callable[..., Any], tree: PyTree, *rest: PyTree, is_leaf=None) -> PyTree:
+    """Like :func:`map`, but ``fn`` first receives the leaf's ``"a.b.c"`` key."""
+    keys = paths(tree, is_leaf=is_leaf)
+    flat, spec = optree.tree_flatten(tree, is_leaf=is_leaf, namespace=_NS)
+    others = [spec.flatten_up_to(r) for r in rest]
+    out = [fn(k, x, *(o[i] for o in others)) for i, (k, x) in enumerate(zip(keys, flat))]
+    return optree.tree_unflatten(spec, out)
+
+
+def leaves(tree: PyTree, is_leaf=None) -> list[Any]:
+    """The leaves of ``tree`` in optree's canonical order (dict keys sorted)."""
+    return optree.tree_leaves(tree, is_leaf=is_leaf, namespace=_NS)
+
+
+def flatten(tree: PyTree, is_leaf=None) -> tuple[list[Any], Any]:
+    """Return ``(leaves, treedef)``; :func:`unflatten` inverts it."""
+    return optree.tree_flatten(tree, is_leaf=is_leaf, namespace=_NS)
+
+
+def unflatten(treedef: Any, leaves_: list[Any]) -> PyTree:
+    """Rebuild a tree from a ``treedef`` (from :func:`flatten` or :func:`structure`) and leaves."""
+    return optree.tree_unflatten(treedef, leaves_)
+
+
+def structure(tree: PyTree, is_leaf=None) -> Any:
+    """The tree definition of ``tree`` (its shape without the leaves)."""
+    return optree.tree_structure(tree, is_leaf=is_leaf, namespace=_NS)
+
+
+def zeros_like(tree: PyTree, dtype: torch.dtype | None = None) -> PyTree:
+    """A tree of zero tensors shaped like ``tree`` (optionally of another dtype)."""
+    return map(lambda x: torch.zeros_like(x, dtype=dtype), tree)
+
+
+def ones_like(tree: PyTree, dtype: torch.dtype | None = None) -> PyTree:
+    """A tree of one-filled tensors shaped like ``tree``."""
+    return map(lambda x: torch.ones_like(x, dtype=dtype), tree)
+
+
+def full_like(tree: PyTree, value: float, dtype: torch.dtype | None = None) -> PyTree:
+    """A tree of tensors shaped like ``tree`` filled with ``value``."""
+    return map(lambda x: torch.full_like(x, value, dtype=dtype), tree)
+
+
+def global_norm(tree: PyTree, ord: float = 2.0) -> torch.Tensor:
+    """The ``ord``-norm of all leaves taken together, as one float32 scalar tensor.
+
+    ``ord`` may be any positive number or ``inf`` (largest absolute value), matching
+    ``torch.nn.utils.clip_grad_norm_(norm_type=ord)``. An empty tree has norm 0. Leaves on
+    several devices are reduced on the device of the first leaf.
+    """
+    xs = leaves(tree)
+    ord = float(ord)
+    if not (ord > 0 or math.isinf(ord)):
+        raise ValueError(f"global_norm: ord must be positive or inf, got {ord}")
+    if not xs:
+        return torch.zeros((), dtype=torch.float32)
+    device = xs[0].device
+    norms = _per_leaf_norms(xs, ord)
+    stacked = torch.stack([n.to(device=device, dtype=torch.float32) for n in norms])
+    return torch.linalg.vector_norm(stacked, ord)
+
+
+def _per_leaf_norms(xs: list[torch.Tensor], ord: float) -> list[torch.Tensor]:
+    # One fused kernel per (device, dtype) group; _foreach_norm requires homogeneous lists.
+    groups: dict[tuple, list[int]] = {}
+    for i, x in enumerate(xs):
+        groups.setdefault((x.device, x.dtype), []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(xs)
+    for idx in groups.values():
+        group = [xs[i] for i in idx]
+        if group[0].is_floating_point() or group[0].is_complex():
+            norms = torch._foreach_norm(group, ord)
+        else:
+            norms = [torch.linalg.vector_norm(g.float(), ord) for g in group]
+        for i, n in zip(idx, norms):
+            out[i] = n
+    return out  # type: ignore[return-value]
+
+
+def cast(tree: PyTree, dtype: torch.dtype, only_floating: bool = True) -> PyTree:
+    """Cast leaves to ``dtype``. By default integer leaves (counters) are left as they are."""
+
+    def _cast(x):
+        if only_floating and not x.is_floating_point():
+            return x
+        return x.to(dtype)
+
+    return map(_cast, tree)
+
+
+def all_finite(tree: PyTree) -> torch.Tensor:
+    """A boolean scalar tensor: True when every floating leaf is free of NaN and Inf.
+
+    No host synchronisation: the answer stays a tensor.
+    """
+    xs = [x for x in leaves(tree) if x.is_floating_point()]
+    if not xs:
+        return torch.ones((), dtype=torch.bool)
+    device = xs[0].device
+    checks = [torch.isfinite(x).all().to(device) for x in xs]
+    return torch.stack(checks).all()
+
+
+def size(tree: PyTree) -> int:
+    """The total number of elements over all leaves (a parameter count)."""
+    return sum(x.numel() for x in leaves(tree))
+
+
+def paths(tree: PyTree, sep: str = ".", is_leaf=None) -> list[str]:
+    """The ``sep``-joined key of every leaf, in the order of :func:`leaves`."""
+    ps = optree.tree_paths(tree, is_leaf=is_leaf, namespace=_NS)
+    return [sep.join(str(p) for p in path) for path in ps]
+
+
+def flatten_dict(tree: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
+    """Nested dicts to one flat dict with ``"a.b.c"`` keys, keeping insertion order.
+
+    Empty sub-dicts vanish (a layer without parameters has no ``state_dict`` entries).
+    This is how a params pytree becomes a ``state_dict``.
+    """
+    out: dict[str, Any] = {}
+
+    def _walk(prefix: str, node: Any) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                k = str(k)
+                if sep in k:
+                    raise ValueError(f"flatten_dict: key {k!r} contains the separator {sep!r}")
+                _walk(f"{prefix}{sep}{k}" if prefix else k, v)
+        else:
+            if not prefix:
+                raise ValueError("flatten_dict: expected a mapping at the top level")
+            out[prefix] = node
+
+    _walk("", tree)
+    return out
+
+
+def unflatten_dict(flat: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
+    """Flat ``"a.b.c"`` keys back to nested dicts (the inverse of :func:`flatten_dict`)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.split(sep)
+        node = out
+        for i, p in enumerate(parts[:-1]):
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ValueError(
+                    f"unflatten_dict: key {key!r} needs {sep.join(parts[: i + 1])!r} to be a "
+                    "subtree, but it is already a leaf"
+                )
+            node = nxt
+        if parts[-1] in node:
+            raise ValueError(f"unflatten_dict: key {key!r} is both a leaf and a subtree")
+        node[parts[-1]] = value
+    return out
