@@ -2,8 +2,10 @@
 
 A key is an ``int64`` tensor of shape ``(2,)`` holding two 32-bit words. Every random number
 is a pure function of a key and a position: the Threefry-2x32 block cipher (20 rounds, the
-generator JAX uses) encrypts a counter under the key. So the same key gives the same numbers
-every time, on every device, eagerly and under ``torch.compile``; and no global RNG state is
+generator JAX uses) encrypts a counter under the key. So the same key gives the same bits
+every time, on every device, eagerly and under ``torch.compile`` (floating transforms of them
+can differ by an ulp where a compiler uses its own kernel, e.g. ``erfinv`` in :func:`normal`
+under inductor); and no global RNG state is
 read or written. Keys are consumed, not advanced: derive new ones with :func:`split` or
 :func:`fold_in`, and never use one key for two purposes.
 
@@ -69,22 +71,37 @@ def _check_key(k: object, fn: str) -> torch.Tensor:
     return k
 
 
+def _to_int32(x: torch.Tensor) -> torch.Tensor:
+    """Reinterpret 32-bit words held in int64 as int32 (two's complement)."""
+    return (((x + 2**31) % 2**32) - 2**31).to(torch.int32)
+
+
+def _to_word(x: torch.Tensor) -> torch.Tensor:
+    """int32 words back to int64 values in [0, 2**32)."""
+    return x.to(torch.int64) & _MASK
+
+
 def _rotl(x: torch.Tensor, r: int) -> torch.Tensor:
-    return ((x << r) | (x >> (32 - r))) & _MASK
+    # int32 shifts right are arithmetic; mask the wrapped-around bits to make it logical.
+    return (x << r) | ((x >> (32 - r)) & ((1 << r) - 1))
 
 
 def _threefry2x32(k: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor):
-    """Threefry-2x32 with 20 rounds on int64 tensors holding 32-bit words."""
-    k0, k1 = k[0], k[1]
-    ks = (k0, k1, k0 ^ k1 ^ _PARITY)
-    x0 = (x0 + ks[0]) & _MASK
-    x1 = (x1 + ks[1]) & _MASK
+    """Threefry-2x32 with 20 rounds on int32 tensors (additions wrap modulo 2**32).
+
+    ``k`` is a key (int64 words); ``x0``/``x1`` and the results are int32 words.
+    """
+    kw = _to_int32(k)
+    k0, k1 = kw[0], kw[1]
+    ks = (k0, k1, k0 ^ k1 ^ _PARITY)  # the parity constant fits in int32 as it is
+    x0 = x0 + ks[0]
+    x1 = x1 + ks[1]
     for i in range(5):
         for r in _ROTATIONS[i % 2]:
-            x0 = (x0 + x1) & _MASK
+            x0 = x0 + x1
             x1 = _rotl(x1, r) ^ x0
-        x0 = (x0 + ks[(i + 1) % 3]) & _MASK
-        x1 = (x1 + ks[(i + 2) % 3] + (i + 1)) & _MASK
+        x0 = x0 + ks[(i + 1) % 3]
+        x1 = x1 + (ks[(i + 2) % 3] + (i + 1))
     return x0, x1
 
 
@@ -93,10 +110,10 @@ def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
     _check_key(k, "split")
     if not isinstance(num, int) or num < 1:
         raise ValueError(f"random.split: num must be a positive int, got {num!r}")
-    lo = torch.arange(num, dtype=torch.int64, device=k.device)
+    lo = torch.arange(num, dtype=torch.int32, device=k.device)
     hi = torch.full_like(lo, _SPLIT_DOMAIN)
     y0, y1 = _threefry2x32(k, hi, lo)
-    return torch.stack([y0, y1], dim=-1)
+    return _to_word(torch.stack([y0, y1], dim=-1))
 
 
 def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
@@ -107,12 +124,13 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
             raise TypeError("random.fold_in: data must be an integer scalar")
         d = data.reshape(()).to(device=k.device, dtype=torch.int64)
     elif isinstance(data, int) and not isinstance(data, bool):
-        d = torch.tensor(data % 2**64 if data < 0 else data, dtype=torch.int64, device=k.device)
+        d = data % 2**64  # any Python int, as its 64-bit two's-complement pattern
+        d = torch.tensor(d - 2**64 if d >= 2**63 else d, dtype=torch.int64, device=k.device)
     else:
         raise TypeError(f"random.fold_in: data must be an int, got {type(data).__name__}")
     hi = ((d >> 32) & _MASK) ^ (_FOLD_DOMAIN << 16)
-    y0, y1 = _threefry2x32(k, hi, d & _MASK)
-    return torch.stack([y0, y1])
+    y0, y1 = _threefry2x32(k, _to_int32(hi), _to_int32(d & _MASK))
+    return _to_word(torch.stack([y0, y1]))
 
 
 def _shape(shape: int | Sequence[int]) -> tuple[int, ...]:
@@ -124,19 +142,27 @@ def _shape(shape: int | Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
+def _bits32(k: torch.Tensor, total: int) -> torch.Tensor:
+    """``total`` random 32-bit words as a flat int32 tensor."""
+    half = (total + 1) // 2
+    lo = torch.arange(half, dtype=torch.int32, device=k.device)
+    hi = torch.full_like(lo, _SAMPLE_DOMAIN)
+    y0, y1 = _threefry2x32(k, hi, lo)
+    return torch.cat([y0, y1])[:total]
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
 def bits(k: torch.Tensor, shape: int | Sequence[int], words: int = 1) -> torch.Tensor:
     """Uniform random 32-bit words (as int64 in [0, 2**32)); ``words=2`` gives ``(*shape, 2)``."""
     _check_key(k, "bits")
     shape = _shape(shape)
-    n = 1
-    for s in shape:
-        n *= s
-    total = n * words
-    half = (total + 1) // 2
-    lo = torch.arange(half, dtype=torch.int64, device=k.device)
-    hi = torch.full_like(lo, _SAMPLE_DOMAIN)
-    y0, y1 = _threefry2x32(k, hi, lo)
-    out = torch.cat([y0, y1])[:total]
+    out = _to_word(_bits32(k, _numel(shape) * words))
     return out.reshape(*shape, words) if words > 1 else out.reshape(shape)
 
 
@@ -144,8 +170,9 @@ def _unit(k: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.
     """Floats in [0, 1) on a grid of 2**-nmant, so every value is exact in ``dtype``."""
     nmant = round(-math.log2(torch.finfo(dtype).eps))
     if nmant <= 23:
-        b = bits(k, shape) >> (32 - nmant)
-        return (b.to(torch.float32) * 2.0**-nmant).to(dtype)
+        w = _bits32(k, _numel(shape))
+        b = (w >> (32 - nmant)) & ((1 << nmant) - 1)  # the top nmant bits, as a logical shift
+        return (b.to(torch.float32) * 2.0**-nmant).to(dtype).reshape(shape)
     w = bits(k, shape, words=2)
     b = (w[..., 0] << 20) | (w[..., 1] >> 12)  # 52 random bits
     return b.to(torch.float64) * 2.0**-52
@@ -169,6 +196,9 @@ def uniform(
         if not maxval > minval:
             raise ValueError(f"random.uniform: need minval < maxval, got {minval}, {maxval}")
     out = u * (maxval - minval) + minval
+    # Rounding of the affine map can land on maxval itself: keep the interval half-open.
+    hi = torch.as_tensor(maxval, dtype=dtype, device=out.device)
+    out = torch.minimum(out, torch.nextafter(hi, torch.full_like(hi, -math.inf)))
     return torch.maximum(out, torch.as_tensor(minval, dtype=dtype, device=out.device))
 
 
@@ -184,7 +214,8 @@ def normal(
     if not dtype.is_floating_point:
         raise TypeError(f"random.normal: dtype must be floating, got {dtype}")
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    lo = torch.nextafter(torch.tensor(-1.0, dtype=work), torch.tensor(0.0, dtype=work)).item()
+    # The smallest value above -1 in the working precision (a Python constant: no graph break).
+    lo = math.nextafter(-1.0, 0.0) if work == torch.float64 else -1.0 + 2.0**-24
     u = uniform(k, shape, work, minval=lo, maxval=1.0)
     z = torch.erfinv(u) * (2.0**0.5)
     if mean != 0.0 or std != 1.0:

@@ -11,6 +11,7 @@ from ``key``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -40,11 +41,16 @@ def check_rank(x: Any, rank: int | tuple[int, ...], name: str, what: str = "x") 
     return x
 
 
+_LAST_CHECKED: list = [None, -1, -1]  # weakref to the lengths tensor, its version, its maximum
+
+
 def check_lengths(lengths: Any, x: torch.Tensor, name: str, time_dim: int = -1) -> torch.Tensor:
     """Validate per-example lengths against ``x``: a 1-D integer or float tensor of size B.
 
-    Values are checked against ``[0, x.shape[time_dim]]`` only outside tracing (the check needs
-    a host sync, which a compiled step must not pay).
+    Values are checked against ``[0, x.shape[time_dim]]`` outside tracing only (the check
+    needs a host sync, which a compiled step must not pay). A model nests many layers that
+    receive the same lengths tensor, so the value check runs once per tensor: a tensor already
+    checked, and not modified in place since, is only compared with the new time dimension.
     """
     if not isinstance(lengths, torch.Tensor):
         raise TypeError(f"{name}: lengths must be a tensor, got {type(lengths).__name__}")
@@ -55,16 +61,26 @@ def check_lengths(lengths: Any, x: torch.Tensor, name: str, time_dim: int = -1) 
         )
     from ..backend import is_tracing
 
-    if not is_tracing() and lengths.numel():
-        lo, hi = int(lengths.min()), int(lengths.max())
-        limit = x.shape[time_dim]
-        if lo < 0:
-            raise ValueError(f"{name}: lengths must be non-negative, got a minimum of {lo}")
+    if is_tracing() or not lengths.numel():
+        return lengths
+    limit = x.shape[time_dim]
+    ref, version, hi = _LAST_CHECKED
+    if ref is not None and ref() is lengths and version == lengths._version:
         if hi > limit:
             raise ValueError(
                 f"{name}: lengths go up to {hi}, beyond the {limit} time steps of x "
                 f"(shape {tuple(x.shape)})"
             )
+        return lengths
+    lo, hi = (int(v) for v in torch.aminmax(lengths))
+    if lo < 0:
+        raise ValueError(f"{name}: lengths must be non-negative, got a minimum of {lo}")
+    if hi > limit:
+        raise ValueError(
+            f"{name}: lengths go up to {hi}, beyond the {limit} time steps of x "
+            f"(shape {tuple(x.shape)})"
+        )
+    _LAST_CHECKED[:] = [weakref.ref(lengths), lengths._version, hi]
     return lengths
 
 

@@ -1,0 +1,113 @@
+"""Parameter-free activations as pure models (``torch.nn.ReLU``, ``GELU``, ...).
+
+Each returns a :class:`~fctc.nn.core.Model` with empty params and state, so activations sit in
+:func:`~fctc.nn.combinators.serial` chains at the same indices as in the ``nn.Sequential`` they
+mirror (keeping ``state_dict`` keys aligned). :func:`activation` builds one by name, for configs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .core import Model
+
+__all__ = [
+    "relu",
+    "gelu",
+    "tanh",
+    "sigmoid",
+    "silu",
+    "hardtanh",
+    "leaky_relu",
+    "elu",
+    "identity",
+    "activation",
+]
+
+
+def _elementwise(name: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Model:
+    def init(key=None):
+        return {}, {}
+
+    def apply(params, state, x, *, train=False, key=None):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name}: x must be a tensor, got {type(x).__name__}")
+        return fn(x), state
+
+    return Model(init, apply)
+
+
+def relu() -> Model:
+    """``max(x, 0)`` (``torch.nn.ReLU``)."""
+    return _elementwise("relu", F.relu)
+
+
+def gelu(approximate: str = "none") -> Model:
+    """Gaussian error linear unit (``torch.nn.GELU``); ``approximate``: ``"none"`` or ``"tanh"``."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _elementwise("gelu", lambda x: F.gelu(x, approximate=approximate))
+
+
+def tanh() -> Model:
+    """Hyperbolic tangent (``torch.nn.Tanh``)."""
+    return _elementwise("tanh", torch.tanh)
+
+
+def sigmoid() -> Model:
+    """Logistic sigmoid (``torch.nn.Sigmoid``)."""
+    return _elementwise("sigmoid", torch.sigmoid)
+
+
+def silu() -> Model:
+    """``x * sigmoid(x)`` (``torch.nn.SiLU``, also called swish)."""
+    return _elementwise("silu", F.silu)
+
+
+def hardtanh(min_val: float = -1.0, max_val: float = 1.0) -> Model:
+    """Clamp to ``[min_val, max_val]`` (``torch.nn.Hardtanh``; QuartzNet uses it as ReLU-20)."""
+    if not max_val > min_val:
+        raise ValueError(f"hardtanh: need min_val < max_val, got {min_val} and {max_val}")
+    return _elementwise("hardtanh", lambda x: F.hardtanh(x, min_val, max_val))
+
+
+def leaky_relu(negative_slope: float = 0.01) -> Model:
+    """``x`` if positive else ``negative_slope * x`` (``torch.nn.LeakyReLU``)."""
+    return _elementwise("leaky_relu", lambda x: F.leaky_relu(x, negative_slope))
+
+
+def elu(alpha: float = 1.0) -> Model:
+    """Exponential linear unit (``torch.nn.ELU``)."""
+    return _elementwise("elu", lambda x: F.elu(x, alpha))
+
+
+def identity() -> Model:
+    """Returns its input unchanged (``torch.nn.Identity``)."""
+    return _elementwise("identity", lambda x: x)
+
+
+_BY_NAME: dict[str, Callable[[], Model]] = {
+    "relu": relu,
+    "gelu": gelu,
+    "tanh": tanh,
+    "sigmoid": sigmoid,
+    "silu": silu,
+    "swish": silu,
+    "hardtanh": hardtanh,
+    "leaky_relu": leaky_relu,
+    "elu": elu,
+    "identity": identity,
+}
+
+
+def activation(name: str) -> Model:
+    """The activation called ``name`` with its default arguments (for configuration files)."""
+    if name not in _BY_NAME:
+        raise ValueError(
+            f"activation: unknown activation {name!r}; valid names are "
+            f"{', '.join(sorted(_BY_NAME))}"
+        )
+    return _BY_NAME[name]()

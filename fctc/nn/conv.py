@@ -1,0 +1,101 @@
+"""A 1-D convolution, ``torch.nn.Conv1d`` as a pure :class:`~fctc.nn.core.Model`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .. import random as _random
+from .core import Model, check_params, check_rank
+from .init import Initializer, bias_uniform, kaiming_uniform
+
+__all__ = ["conv1d"]
+
+
+def _single(value: object, what: str, minimum: int) -> int:
+    """An int (or a 1-tuple of one, as thunder passes ``kernel_size=(11,)``) ``>= minimum``."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"conv1d: {what} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def conv1d(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    padding: int | str = 0,
+    dilation: int = 1,
+    groups: int = 1,
+    bias: bool = True,
+    dtype: torch.dtype = torch.float32,
+    weight_init: Initializer | None = None,
+    bias_init: Initializer | None = None,
+) -> Model:
+    """A 1-D convolution over ``(B, C, T)`` (or unbatched ``(C, T)``), like ``torch.nn.Conv1d``.
+
+    Params: ``{"weight": (out_channels, in_channels // groups, kernel_size),
+    "bias": (out_channels,)}``; no state. ``groups`` covers grouped and depthwise
+    (``groups == in_channels``) convolutions; ``padding`` is an int or ``"same"`` / ``"valid"``
+    (zero padding). Initialisation is torch's default: weight ``kaiming_uniform(a=sqrt(5))``,
+    bias ``U(+-1/sqrt(fan_in))`` with ``fan_in = in_channels // groups * kernel_size``.
+    """
+    in_channels = _single(in_channels, "in_channels", 1)
+    out_channels = _single(out_channels, "out_channels", 1)
+    kernel_size = _single(kernel_size, "kernel_size", 1)
+    stride = _single(stride, "stride", 1)
+    dilation = _single(dilation, "dilation", 1)
+    groups = _single(groups, "groups", 1)
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"conv1d: padding must be an int, 'same' or 'valid', got {padding!r}")
+        if padding == "same" and stride != 1:
+            raise ValueError("conv1d: padding='same' needs stride=1 (as in torch); pad explicitly")
+    else:
+        padding = _single(padding, "padding", 0)
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(
+            f"conv1d: in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
+            f"divisible by groups ({groups})"
+        )
+    weight_shape = (out_channels, in_channels // groups, kernel_size)
+    fan_in = in_channels // groups * kernel_size
+    w_init = weight_init or kaiming_uniform(a=math.sqrt(5))
+    b_init = bias_init or bias_uniform(fan_in)
+    expected = {"weight": weight_shape}
+    if bias:
+        expected["bias"] = (out_channels,)
+    span = dilation * (kernel_size - 1) + 1
+
+    def init(key):
+        k_w, k_b = _random.split(key, 2)
+        params = {"weight": w_init(k_w, weight_shape, dtype)}
+        if bias:
+            params["bias"] = b_init(k_b, (out_channels,), dtype)
+        return params, {}
+
+    def apply(params, state, x, *, train=False, key=None):
+        check_params(params, expected, "conv1d")
+        check_rank(x, (2, 3), "conv1d")
+        if x.shape[-2] != in_channels:
+            raise ValueError(
+                f"conv1d: expected {in_channels} input channels (x of shape (B, {in_channels}, T)),"
+                f" got shape {tuple(x.shape)}"
+            )
+        padded = x.shape[-1] + (2 * padding if isinstance(padding, int) else 0)
+        if padding == "valid" or isinstance(padding, int):
+            if padded < span:
+                raise ValueError(
+                    f"conv1d: {x.shape[-1]} time steps (padded to {padded}) are fewer than the "
+                    f"kernel's span of {span}; give a longer input or more padding"
+                )
+        y = F.conv1d(
+            x, params["weight"], params.get("bias"), stride, padding, dilation, groups
+        )
+        return y, state
+
+    return Model(init, apply)
