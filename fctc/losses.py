@@ -1,0 +1,155 @@
+"""CTC loss over model logits, with the reductions users of thunder-speech and ESPnet know.
+
+``ctc_loss`` takes logits shaped ``(batch, vocab, time)``, as thunder's models return them,
+applies ``log_softmax`` over the vocabulary (in float32 when the logits are half precision)
+and calls ``torch.nn.functional.ctc_loss`` with ``zero_infinity=True``. Reductions:
+
+* ``"thunder"`` and ``"mean"`` — torch's ``"mean"``, which is what thunder trains with: each
+  utterance's loss divided by its target length (clamped to at least 1), averaged over the
+  batch;
+* ``"espnet"`` — the summed loss divided by the batch size (ESPnet's CTC);
+* ``"sum"`` and ``"none"`` (per-utterance losses, shape ``(B,)``).
+
+An utterance whose target cannot be aligned to its frames (CTC needs one frame per label plus
+one per pair of equal adjacent labels) has infinite loss; ``zero_infinity`` turns that into a
+zero loss with a zero gradient. Eagerly, ``ctc_loss`` warns with the number of such
+utterances so the data problem does not go unnoticed. The check is a few vectorised
+comparisons and one host synchronisation; it is skipped while tracing (``fctc.backend.jit``,
+``value_and_grad`` under a transform), so a compiled training step pays nothing for it, and
+``check_feasible=False`` skips it eagerly too.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from .backend import is_tracing
+
+__all__ = ["ctc_loss", "infeasible_count", "REDUCTIONS"]
+
+REDUCTIONS = ("thunder", "mean", "espnet", "sum", "none")
+
+
+def _validate(logits, lengths, targets, target_lengths, blank, reduction):
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"ctc_loss: logits must have shape (batch, vocab, time), got {shape}")
+    if not logits.is_floating_point():
+        raise TypeError(f"ctc_loss: logits must be floating point, got {logits.dtype}")
+    batch, vocab, _ = logits.shape
+    for name, x in (("lengths", lengths), ("target_lengths", target_lengths)):
+        if not isinstance(x, torch.Tensor) or x.shape != (batch,):
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"ctc_loss: {name} must have shape ({batch},), got {shape}")
+        if x.is_floating_point() or x.is_complex():
+            raise TypeError(f"ctc_loss: {name} must be integers, got {x.dtype}")
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 2 or targets.shape[0] != batch:
+        shape = (
+            tuple(targets.shape) if isinstance(targets, torch.Tensor) else type(targets).__name__
+        )
+        raise ValueError(
+            f"ctc_loss: targets must be padded indices of shape ({batch}, max_target_length), "
+            f"got {shape}"
+        )
+    if targets.is_floating_point() or targets.is_complex():
+        raise TypeError(f"ctc_loss: targets must be integers, got {targets.dtype}")
+    if isinstance(blank, bool) or not isinstance(blank, int) or not 0 <= blank < vocab:
+        raise ValueError(f"ctc_loss: blank must be an int in [0, {vocab}), got {blank!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"ctc_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def _check_values(logits, lengths, targets, target_lengths, blank):
+    """Host-side checks of the values (eager only: each needs a synchronisation)."""
+    time, max_target = logits.shape[2], targets.shape[1]
+    if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > time):
+        raise ValueError(
+            f"ctc_loss: lengths must lie in [0, {time}] (the frames of logits), got "
+            f"{lengths.tolist()}"
+        )
+    if target_lengths.numel() and (
+        int(target_lengths.min()) < 0 or int(target_lengths.max()) > max_target
+    ):
+        raise ValueError(
+            f"ctc_loss: target_lengths must lie in [0, {max_target}] (the columns of targets), "
+            f"got {target_lengths.tolist()}"
+        )
+    valid = torch.arange(max_target, device=targets.device) < target_lengths.unsqueeze(1)
+    labels = targets[valid]
+    if labels.numel():
+        vocab = logits.shape[1]
+        if int(labels.min()) < 0 or int(labels.max()) >= vocab:
+            raise ValueError(
+                f"ctc_loss: target indices must lie in [0, {vocab}), got values from "
+                f"{int(labels.min())} to {int(labels.max())}"
+            )
+        if bool((labels == blank).any()):
+            raise ValueError(
+                f"ctc_loss: targets contain the blank index {blank} within target_lengths; the "
+                "blank must never be a label (pad targets only beyond their lengths)"
+            )
+
+
+def infeasible_count(lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor):
+    """How many utterances have too few frames for their targets (an int64 tensor scalar).
+
+    CTC needs ``target_length + repeats`` frames, where ``repeats`` counts adjacent equal
+    labels (a blank must separate them).
+    """
+    max_target = targets.shape[1]
+    valid = torch.arange(max_target, device=targets.device) < target_lengths.unsqueeze(1)
+    repeats = ((targets[:, 1:] == targets[:, :-1]) & valid[:, 1:]).sum(dim=1)
+    needed = target_lengths.to(repeats.dtype) + repeats
+    return (needed > lengths.to(needed.device)).sum()
+
+
+def ctc_loss(
+    logits: torch.Tensor,
+    lengths: torch.Tensor,
+    targets: torch.Tensor,
+    target_lengths: torch.Tensor,
+    blank: int,
+    reduction: str = "thunder",
+    check_feasible: bool = True,
+) -> torch.Tensor:
+    """CTC loss of logits ``(B, vocab, T)`` with frame ``lengths`` against padded ``targets``.
+
+    ``targets`` is ``(B, L)``, padded beyond ``target_lengths`` with any index. ``blank`` is the
+    blank's index (``Vocabulary.blank_idx``). See the module notes for the reductions and for
+    the warning about utterances with more labels than frames.
+    """
+    _validate(logits, lengths, targets, target_lengths, blank, reduction)
+    tracing = is_tracing()
+    if not tracing:
+        _check_values(logits, lengths, targets, target_lengths, blank)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    log_probs = F.log_softmax(logits.permute(2, 0, 1), dim=2)
+    torch_reduction = "mean" if reduction in ("thunder", "mean") else (
+        "sum" if reduction == "sum" else "none"
+    )
+    loss = F.ctc_loss(
+        log_probs,
+        targets.long(),
+        lengths.long(),
+        target_lengths.long(),
+        blank=blank,
+        reduction=torch_reduction,
+        zero_infinity=True,
+    )
+    if reduction == "espnet":
+        loss = loss.sum() / logits.shape[0]
+    if check_feasible and not tracing:
+        n = int(infeasible_count(lengths, targets, target_lengths))
+        if n:
+            warnings.warn(
+                f"ctc_loss: {n} of {logits.shape[0]} utterances have more labels (plus repeats) "
+                "than output frames; their loss is set to 0 (zero_infinity). Filter out such "
+                "utterances or use a model with less downsampling.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return loss

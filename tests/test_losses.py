@@ -1,0 +1,162 @@
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fctc import backend
+from fctc.losses import REDUCTIONS, ctc_loss, infeasible_count
+
+
+def batch(seed=0, b=3, vocab=5, t=12, max_target=4, blank=4, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, vocab, t, generator=g, dtype=dtype)
+    lengths = torch.randint(max_target * 2 + 1, t + 1, (b,), generator=g)
+    target_lengths = torch.randint(1, max_target + 1, (b,), generator=g)
+    targets = torch.randint(0, vocab - 1, (b, max_target), generator=g)  # never the blank
+    targets[torch.arange(max_target) >= target_lengths.unsqueeze(1)] = blank  # padding
+    return logits, lengths, targets, target_lengths
+
+
+def reference(logits, lengths, targets, target_lengths, blank, reduction):
+    log_probs = F.log_softmax(logits.permute(2, 0, 1), dim=2)
+    return F.ctc_loss(log_probs, targets, lengths, target_lengths, blank=blank,
+                      reduction=reduction, zero_infinity=True)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_matches_direct_torch_ctc(seed):
+    logits, lengths, targets, target_lengths = batch(seed)
+    args = (logits, lengths, targets, target_lengths)
+    per = reference(*args, 4, "none")
+    torch.testing.assert_close(ctc_loss(*args, blank=4, reduction="none"), per)
+    torch.testing.assert_close(ctc_loss(*args, blank=4), reference(*args, 4, "mean"))
+    torch.testing.assert_close(
+        ctc_loss(*args, blank=4, reduction="mean"), reference(*args, 4, "mean")
+    )
+    torch.testing.assert_close(ctc_loss(*args, blank=4, reduction="sum"), per.sum())
+    torch.testing.assert_close(ctc_loss(*args, blank=4, reduction="espnet"), per.sum() / 3)
+    # thunder's reduction: per-utterance loss over target length, then the batch mean.
+    torch.testing.assert_close(
+        ctc_loss(*args, blank=4, reduction="thunder"), (per / target_lengths).mean()
+    )
+
+
+def test_hand_computed_tiny_cases():
+    # Two classes (blank=0, label=1), two frames, target "1": the alignments are
+    # (1,1), (0,1), (1,0), so p = a1*b1 + a0*b1 + a1*b0.
+    p = torch.tensor([[0.3, 0.7], [0.6, 0.4]], dtype=torch.float64)  # (time, vocab)
+    logits = p.log().T.unsqueeze(0)  # (1, vocab, time); log_softmax gives back log p
+    a, b_ = p[0], p[1]
+    expected = -math.log(a[1] * b_[1] + a[0] * b_[1] + a[1] * b_[0])
+    loss = ctc_loss(logits, torch.tensor([2]), torch.tensor([[1]]), torch.tensor([1]), blank=0,
+                    reduction="sum")
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+    # One frame only counts for the first frame.
+    loss1 = ctc_loss(logits, torch.tensor([1]), torch.tensor([[1]]), torch.tensor([1]), blank=0,
+                     reduction="none")
+    assert loss1.item() == pytest.approx(-math.log(0.7), rel=1e-12)
+    # Target "1 1" needs a blank between the repeats: 3 frames, only path 1,0,1.
+    p3 = torch.tensor([[0.2, 0.8], [0.9, 0.1], [0.4, 0.6]], dtype=torch.float64)
+    loss3 = ctc_loss(p3.log().T.unsqueeze(0), torch.tensor([3]), torch.tensor([[1, 1]]),
+                     torch.tensor([2]), blank=0, reduction="sum")
+    assert loss3.item() == pytest.approx(-math.log(0.8 * 0.9 * 0.6), rel=1e-12)
+    # "thunder" divides that by the target length 2.
+    loss3t = ctc_loss(p3.log().T.unsqueeze(0), torch.tensor([3]), torch.tensor([[1, 1]]),
+                      torch.tensor([2]), blank=0)
+    assert loss3t.item() == pytest.approx(-math.log(0.8 * 0.9 * 0.6) / 2, rel=1e-12)
+
+
+def test_infeasible_targets_give_zero_loss_and_a_counting_warning():
+    logits = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([[1, 1, 2], [1, 2, 3], [1, 2, 0]])
+    target_lengths = torch.tensor([3, 3, 2])
+    lengths = torch.tensor([3, 5, 1])  # "1 1 2" needs 4 frames; "1 2" needs 2
+    assert int(infeasible_count(lengths, targets, target_lengths)) == 2
+    with pytest.warns(RuntimeWarning, match="2 of 3 utterances"):
+        per = ctc_loss(logits, lengths, targets, target_lengths, blank=0, reduction="none")
+    assert per[0].item() == 0.0 and per[2].item() == 0.0 and per[1].item() > 0
+    per.sum().backward()
+    assert torch.isfinite(logits.grad).all()
+    assert logits.grad[0].abs().max() == 0 and logits.grad[2].abs().max() == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ctc_loss(logits, lengths, targets, target_lengths, blank=0, check_feasible=False)
+        ctc_loss(logits, torch.tensor([5, 5, 5]), targets, target_lengths, blank=0)
+
+
+@given(st.lists(st.integers(1, 3), min_size=0, max_size=6), st.integers(0, 12))
+def test_infeasible_count_matches_torch_infinity(labels, frames):
+    n = len(labels)
+    logits = torch.zeros(1, 4, max(frames, 1), dtype=torch.float64)
+    targets = torch.tensor([labels + [0]], dtype=torch.long)
+    per = F.ctc_loss(F.log_softmax(logits.permute(2, 0, 1), 2), targets, torch.tensor([frames]),
+                     torch.tensor([n]), blank=0, reduction="none", zero_infinity=False)
+    count = int(infeasible_count(torch.tensor([frames]), targets, torch.tensor([n])))
+    assert count == int(torch.isinf(per).item())
+
+
+def test_validation_errors():
+    logits, lengths, targets, target_lengths = batch()
+    with pytest.raises(ValueError, match=r"\(batch, vocab, time\)"):
+        ctc_loss(logits[0], lengths, targets, target_lengths, blank=4)
+    with pytest.raises(ValueError, match="lengths must have shape"):
+        ctc_loss(logits, lengths[:2], targets, target_lengths, blank=4)
+    with pytest.raises(ValueError, match="targets must be padded"):
+        ctc_loss(logits, lengths, targets.flatten(), target_lengths, blank=4)
+    with pytest.raises(ValueError, match="blank must be an int"):
+        ctc_loss(logits, lengths, targets, target_lengths, blank=5)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        ctc_loss(logits, lengths, targets, target_lengths, blank=4, reduction="avg")
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, 12\]"):
+        ctc_loss(logits, lengths + 20, targets, target_lengths, blank=4)
+    with pytest.raises(ValueError, match="target_lengths must lie"):
+        ctc_loss(logits, lengths, targets, target_lengths + 4, blank=4)
+    bad = targets.clone()
+    bad[0, 0] = 4
+    with pytest.raises(ValueError, match="blank index 4"):
+        ctc_loss(logits, lengths, bad, target_lengths, blank=4)
+    with pytest.raises(TypeError, match="integers"):
+        ctc_loss(logits, lengths.float(), targets, target_lengths, blank=4)
+    assert set(REDUCTIONS) == {"thunder", "mean", "espnet", "sum", "none"}
+
+
+def test_half_precision_logits_are_computed_in_float32():
+    logits, lengths, targets, target_lengths = batch(dtype=torch.float32)
+    loss = ctc_loss(logits.bfloat16(), lengths, targets, target_lengths, blank=4)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(
+        loss, ctc_loss(logits.bfloat16().float(), lengths, targets, target_lengths, blank=4)
+    )
+
+
+def test_value_and_grad_matches_autograd():
+    logits, lengths, targets, target_lengths = batch(1)
+
+    def fn(x):
+        return ctc_loss(x, lengths, targets, target_lengths, blank=4)
+
+    value, grad = backend.value_and_grad(fn)(logits)
+    x = logits.clone().requires_grad_(True)
+    ref = reference(x, lengths, targets, target_lengths, 4, "mean")
+    ref.backward()
+    torch.testing.assert_close(value, ref.detach())
+    torch.testing.assert_close(grad, x.grad)
+
+
+# The one torch.compile test of this file (compilation costs several seconds).
+def test_compiled_matches_eager():
+    logits, lengths, targets, target_lengths = batch(2, dtype=torch.float32)
+
+    def step(x, n, y, m):
+        return backend.value_and_grad(
+            lambda z: ctc_loss(z, n, y, m, blank=4, reduction="espnet")
+        )(x)
+
+    eager = step(logits, lengths, targets, target_lengths)
+    compiled = backend.jit(step)(logits, lengths, targets, target_lengths)
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-5)
