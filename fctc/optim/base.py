@@ -138,8 +138,8 @@ def set_to_zero() -> GradientTransformation:
         return EmptyState()
 
     def update(updates, state, params=None, **extra):
-        xs, spec = _tree.flatten(updates)
-        return _tree.unflatten(spec, torch._foreach_mul(xs, 0.0) if xs else []), state
+        # zeros_like, not a multiplication by 0: NaN and Inf gradients must become 0 too.
+        return _tree.map(torch.zeros_like, updates), state
 
     return GradientTransformation(init, update)
 
