@@ -24,7 +24,7 @@ import torch.func
 
 from . import tree as _tree
 
-__all__ = ["value_and_grad", "grad", "vmap", "jit", "is_tracing"]
+__all__ = ["value_and_grad", "grad", "vjp", "vmap", "jit", "is_tracing"]
 
 
 def is_tracing() -> bool:
@@ -44,7 +44,19 @@ def _check_argnums(argnums: int | Sequence[int], nargs: int) -> tuple[int, ...]:
                 f"value_and_grad: argnums={argnums!r} does not fit a call with {nargs} "
                 "positional arguments"
             )
-    return tuple(a % nargs for a in nums)
+    out = tuple(a % nargs for a in nums)
+    if len(set(out)) != len(out):
+        raise ValueError(f"value_and_grad: argnums={argnums!r} names an argument twice")
+    return out
+
+
+def _split_aux(out: Any) -> tuple[Any, Any]:
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError(
+            "value_and_grad: with has_aux=True the function must return a pair (value, aux), "
+            f"got {type(out).__name__}"
+        )
+    return out[0], out[1]
 
 
 def _check_scalar(value: Any) -> torch.Tensor:
@@ -82,8 +94,8 @@ def _func_path(fn, nums, argnums, has_aux, args, kwargs):
     def inner(*a):
         out = fn(*a, **kwargs)
         if has_aux:
-            value, aux = out
-            return _check_scalar(value), (value, aux)
+            value, aux = _split_aux(out)
+            return _check_scalar(value), aux
         return _check_scalar(out), out
 
     grads, (value, aux) = torch.func.grad_and_value(inner, argnums=nums, has_aux=True)(*args)
@@ -109,10 +121,13 @@ def _autograd_path(fn, nums, argnums, has_aux, args, kwargs):
         flats.append((xs, spec))
     with torch.enable_grad():
         out = fn(*args, **kwargs)
-        value, aux = (out if has_aux else (out, None))
+        value, aux = (_split_aux(out) if has_aux else (out, None))
         _check_scalar(value)
         all_leaves = [x for xs, _ in flats for x in xs]
-        gs = torch.autograd.grad(value, all_leaves, allow_unused=True) if all_leaves else ()
+        if all_leaves and value.requires_grad:
+            gs = torch.autograd.grad(value, all_leaves, allow_unused=True)
+        else:  # the value does not depend on any differentiated leaf
+            gs = [None] * len(all_leaves)
     gs = [torch.zeros_like(x) if g is None else g for x, g in zip(all_leaves, gs)]
     grads, i = [], 0
     for xs, spec in flats:
@@ -136,6 +151,76 @@ def grad(
         return (grads, out[1]) if has_aux else grads
 
     return wrapped
+
+
+def vjp(fn: Callable[..., Any], *primals: Any, has_aux: bool = False):
+    """Evaluate ``fn(*primals)`` and return ``(out, vjp_fn)`` (``(out, vjp_fn, aux)`` with
+    ``has_aux``), JAX style.
+
+    ``vjp_fn(cotangents)`` takes a pytree shaped like ``out`` (tensors, or ``None`` for outputs
+    that get no cotangent) and returns a tuple with one gradient pytree per primal. It may be
+    called several times, which is how one forward pass serves several losses (multi-loss
+    routing). Leaves of ``out`` that no cotangent reaches cost nothing in the backward pass.
+    """
+    if is_tracing():
+        res = torch.func.vjp(fn, *primals, has_aux=has_aux)
+        out, inner = res[0], res[1]
+
+        def vjp_fn_traced(cotangents):
+            ct = _tree.map(
+                lambda o, c: torch.zeros_like(o) if c is None else c,
+                out,
+                cotangents,
+                is_leaf=lambda x: x is None,
+            )
+            return inner(ct)
+
+        return (out, vjp_fn_traced, res[2]) if has_aux else (out, vjp_fn_traced)
+
+    flats = []
+    args = []
+    for n, primal in enumerate(primals):
+        xs, spec = _tree.flatten(primal)
+        for x in xs:
+            if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+                raise TypeError(
+                    f"vjp: primal {n} must be a pytree of floating tensors; found a leaf of "
+                    f"type {getattr(x, 'dtype', type(x).__name__)}"
+                )
+        xs = [x.detach().requires_grad_(True) for x in xs]
+        args.append(_tree.unflatten(spec, xs))
+        flats.append((xs, spec))
+    with torch.enable_grad():
+        res = fn(*args)
+    out, aux = (res if has_aux else (res, None))
+    out_leaves, out_spec = _tree.flatten(out)
+    all_inputs = [x for xs, _ in flats for x in xs]
+
+    def vjp_fn(cotangents):
+        cts = out_spec.flatten_up_to(cotangents) if cotangents is not None else []
+        pairs = [(o, c) for o, c in zip(out_leaves, cts) if c is not None and o.requires_grad]
+        if pairs and all_inputs:
+            gs = torch.autograd.grad(
+                [o for o, _ in pairs],
+                all_inputs,
+                grad_outputs=[c for _, c in pairs],
+                retain_graph=True,
+                allow_unused=True,
+            )
+        else:
+            gs = [None] * len(all_inputs)
+        gs = [torch.zeros_like(x) if g is None else g for x, g in zip(all_inputs, gs)]
+        grads, i = [], 0
+        for xs, spec in flats:
+            grads.append(_tree.unflatten(spec, gs[i : i + len(xs)]))
+            i += len(xs)
+        return tuple(grads)
+
+    detached = _tree.map(lambda o: o.detach(), out)
+    if has_aux:
+        aux = _tree.map(lambda a: a.detach() if isinstance(a, torch.Tensor) else a, aux)
+        return detached, vjp_fn, aux
+    return detached, vjp_fn
 
 
 def vmap(

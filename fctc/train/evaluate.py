@@ -1,0 +1,87 @@
+"""Evaluation and inference: loss, greedy transcripts and error counts; raw audio to strings."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from .. import backend
+from ..losses import ctc_loss
+from ..metrics import ErrorCounts, error_counts
+from ..nn.core import Model
+from ..text import Vocabulary
+
+__all__ = ["EvalOutput", "make_eval_step", "predict"]
+
+
+class EvalOutput(NamedTuple):
+    """What :func:`make_eval_step` returns for one batch."""
+
+    loss: torch.Tensor
+    transcripts: list[str]
+    references: list[str]
+    counts: ErrorCounts
+
+
+def _forward(model: Model, precision: str):
+    from .step import autocast
+
+    def run(params, model_state, audio, lengths):
+        with torch.no_grad(), autocast(precision, audio.device):
+            (logits, out_lengths), _ = model.apply(params, model_state, audio, lengths, train=False)
+        return logits.float(), out_lengths
+
+    return run
+
+
+def make_eval_step(
+    model: Model,
+    vocabulary: Vocabulary,
+    *,
+    reduction: str = "thunder",
+    precision: str = "fp32",
+    jit: bool = False,
+):
+    """Build ``eval_step(params, model_state, batch) -> EvalOutput``.
+
+    The model runs in eval mode (running statistics, no dropout or dither); the loss is the CTC
+    loss with ``vocabulary.blank_idx``; transcripts are greedy CTC decodes; ``counts`` holds the
+    character and word edit counts against the batch's targets, which add up across batches
+    (``sum(outputs, ErrorCounts())``) into corpus-level CER/WER. With ``jit=True`` the forward
+    pass is compiled; decoding and scoring run on the host.
+    """
+    forward = backend.jit(_forward(model, precision), enabled=jit)
+
+    def eval_step(params: Any, model_state: Any, batch: Any) -> EvalOutput:
+        logits, lengths = forward(params, model_state, batch.audio, batch.audio_lengths)
+        loss = ctc_loss(
+            logits, lengths, batch.targets, batch.target_lengths, vocabulary.blank_idx, reduction,
+            check_feasible=False,
+        )
+        hyps = vocabulary.decode_prediction(logits, lengths)
+        refs = vocabulary.decode_targets(batch.targets, batch.target_lengths)
+        return EvalOutput(loss, hyps, refs, error_counts(hyps, refs))
+
+    return eval_step
+
+
+def predict(
+    model: Model,
+    params: Any,
+    model_state: Any,
+    vocabulary: Vocabulary,
+    audio: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    precision: str = "fp32",
+) -> list[str]:
+    """Transcribe raw audio ``(B, S)`` (or one ``(S,)`` signal) with greedy CTC decoding."""
+    if audio.dim() == 1:
+        audio = audio.unsqueeze(0)
+    if audio.dim() != 2:
+        raise ValueError(f"predict: audio must be (samples,) or (batch, samples), got {tuple(audio.shape)}")
+    if lengths is None:
+        lengths = torch.full((audio.shape[0],), audio.shape[1], dtype=torch.long, device=audio.device)
+    logits, out_lengths = _forward(model, precision)(params, model_state, audio, lengths)
+    return vocabulary.decode_prediction(logits, out_lengths)

@@ -1,0 +1,122 @@
+"""The train state: everything a training run carries from one step to the next, as one pytree."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+
+from .. import random as _random
+from .. import tree as _tree
+from ..nn.core import Model
+from ..optim.base import GradientTransformation
+from ..optim.loss_scale import DynamicLossScale, LossScaleState
+
+__all__ = ["TrainState", "Batch", "init_train_state", "NonFiniteLossError", "check_nonfinite"]
+
+
+class TrainState(NamedTuple):
+    """A pytree of tensors: a whole training run's state, saved and restored as one.
+
+    * ``params`` / ``model_state``: the model's parameters and buffers (running statistics).
+    * ``opt_state``: the optimiser state (a dict of states, one per loss group, when the step
+      routes several losses).
+    * ``step``: int64 count of batches seen, skipped ones included.
+    * ``key``: the run's base key; step ``n`` draws from ``fold_in(key, n)``, so resuming at
+      step ``n`` replays exactly the randomness a straight run would have used.
+    * ``loss_scale``: the dynamic loss scale for float16 training (``None`` otherwise).
+    * ``nonfinite_count``: consecutive skipped (non-finite) batches; ``nonfinite_total``: all of
+      them. Both int64 tensors, updated without a host sync.
+    """
+
+    params: Any
+    model_state: Any
+    opt_state: Any
+    step: torch.Tensor
+    key: torch.Tensor
+    loss_scale: LossScaleState | None
+    nonfinite_count: torch.Tensor
+    nonfinite_total: torch.Tensor
+
+
+class Batch(NamedTuple):
+    """A padded batch for CTC training: audio ``(B, S)`` with sample ``audio_lengths`` and
+    targets ``(B, L)`` with ``target_lengths``."""
+
+    audio: torch.Tensor
+    audio_lengths: torch.Tensor
+    targets: torch.Tensor
+    target_lengths: torch.Tensor
+
+
+def init_train_state(
+    model: Model,
+    tx: GradientTransformation | dict[str, GradientTransformation],
+    key: torch.Tensor,
+    *,
+    params: Any = None,
+    model_state: Any = None,
+    param_labels: Any = None,
+    loss_scale: DynamicLossScale | None = None,
+    device: torch.device | str | None = None,
+) -> TrainState:
+    """Build the first :class:`TrainState`.
+
+    The model is initialised from ``split(key)[0]`` unless ``params``/``model_state`` are given
+    (fine-tuning); the run's base key is ``split(key)[1]``. With a dict ``tx`` (multi-loss
+    routing), ``param_labels`` (a tree of group names shaped like ``params``, or a function of
+    ``params`` returning one) assigns each parameter to one group, and the optimiser state holds
+    one state per group, built on that group's parameters only. Pass the ``loss_scale`` given to
+    :func:`make_train_step` for float16 training.
+    """
+    init_key, run_key = _random.split(key)
+    if params is None or model_state is None:
+        p0, s0 = model.init(init_key)
+        params = p0 if params is None else params
+        model_state = s0 if model_state is None else model_state
+    if device is not None:
+        params = _tree.map(lambda x: x.to(device), params)
+        model_state = _tree.map(lambda x: x.to(device), model_state)
+        run_key = run_key.to(device)
+    dev = run_key.device
+    if isinstance(tx, dict):
+        from .routing import group_params, resolve_labels
+
+        labels = resolve_labels(param_labels, params, tx)
+        opt_state = {name: t.init(group_params(params, labels, name)) for name, t in tx.items()}
+    else:
+        if param_labels is not None:
+            raise ValueError("init_train_state: param_labels needs a dict of transformations")
+        opt_state = tx.init(params)
+    zero = torch.zeros((), dtype=torch.int64, device=dev)
+    return TrainState(
+        params=params,
+        model_state=model_state,
+        opt_state=opt_state,
+        step=zero,
+        key=run_key,
+        loss_scale=None if loss_scale is None else loss_scale.init(dev),
+        nonfinite_count=zero.clone(),
+        nonfinite_total=zero.clone(),
+    )
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when too many batches in a row had a NaN/Inf loss or gradient."""
+
+
+def check_nonfinite(state: TrainState, max_consecutive: int = 100) -> None:
+    """Stop a training loop after ``max_consecutive`` non-finite batches in a row.
+
+    Each skipped batch already left the model untouched; this check (one host sync, so call it
+    every step or every few steps as you like) turns a run that is stuck into a clear error, as
+    ESPnet3 does after 100 bad batches.
+    """
+    n = int(state.nonfinite_count)
+    if n >= max_consecutive:
+        raise NonFiniteLossError(
+            f"{n} batches in a row had a non-finite loss or gradient (limit {max_consecutive}); "
+            f"{int(state.nonfinite_total)} were skipped in all up to step {int(state.step)}. "
+            "Lower the learning rate, enable gradient clipping, or check the data for empty "
+            "or corrupt utterances."
+        )

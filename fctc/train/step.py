@@ -1,0 +1,297 @@
+"""The stateless train step: ``step(state, batch) -> (state, metrics)``.
+
+One pure function does what the imperative training modules do in a loop body: forward under
+autocast, CTC (or any) loss, gradients, accumulation over micro-batches, loss scaling, the
+gradient-transformation chain, the parameter update, and skipping of non-finite batches. It
+mutates nothing, so it composes with any loop, compiles whole with ``jit=True``, and resumes
+exactly from a saved :class:`~fctc.train.TrainState`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .. import backend
+from .. import random as _random
+from .. import tree as _tree
+from ..losses import ctc_loss
+from ..nn.core import Model
+from ..optim.base import GradientTransformation, apply_updates
+from ..optim.loss_scale import DynamicLossScale, dynamic_loss_scale
+from .routing import group_params, merge_groups, resolve_labels
+from .state import TrainState, init_train_state
+
+__all__ = ["ctc_loss_fn", "make_train_step", "TrainStep", "PRECISIONS", "autocast"]
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+_SINGLE = "loss"
+
+LossFn = Callable[..., tuple[Any, Any]]
+
+
+def ctc_loss_fn(model: Model, blank: int, reduction: str = "thunder") -> LossFn:
+    """The default loss: run ``model`` on a :class:`~fctc.train.Batch` and take its CTC loss.
+
+    Returns ``loss_fn(params, model_state, batch, key) -> (loss, new_model_state)``, the
+    contract every loss function given to :func:`make_train_step` follows. A loss function may
+    also return a dict of named scalar losses for multi-loss routing.
+    """
+
+    def loss_fn(params, model_state, batch, key):
+        (logits, lengths), new_state = model.apply(
+            params, model_state, batch.audio, batch.audio_lengths, train=True, key=key
+        )
+        loss = ctc_loss(logits, lengths, batch.targets, batch.target_lengths, blank, reduction)
+        return loss, new_state
+
+    return loss_fn
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context for ``precision`` ("fp32" gives a no-op context)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _batch_size(batch: Any) -> int:
+    xs = _tree.leaves(batch)
+    if not xs:
+        raise ValueError("train_step: the batch holds no tensors")
+    return int(xs[0].shape[0])
+
+
+def _micro_batches(batch: Any, k: int) -> list[tuple[Any, float]]:
+    """Split a batch along dim 0 into ``k`` micro-batches, each with weight ``size / B``."""
+    size = _batch_size(batch)
+    if k < 1 or k > size:
+        raise ValueError(f"accum_steps={k} must lie in [1, batch size {size}]")
+    bounds = [round(i * size / k) for i in range(k + 1)]
+    return [
+        (_tree.map(lambda x, a=a, b=b: x[a:b], batch), (b - a) / size)
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+
+
+def _select(pred: torch.Tensor, new: Any, old: Any) -> Any:
+    return _tree.map(lambda n, o: torch.where(pred.to(n.device), n, o), new, old)
+
+
+class TrainStep:
+    """The pure train step built by :func:`make_train_step`; call it as ``step(state, batch)``.
+
+    ``init_state(key, ...)`` builds a matching :class:`~fctc.train.TrainState` (the optimiser
+    groups and the loss scale the step expects).
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        tx: GradientTransformation | dict[str, GradientTransformation],
+        loss_fn: LossFn,
+        accum_steps: int,
+        precision: str,
+        param_labels: Any,
+        loss_scale: DynamicLossScale | None,
+        jit: bool,
+    ):
+        self.model = model
+        self.tx = tx
+        self.loss_fn = loss_fn
+        self.accum_steps = accum_steps
+        self.precision = precision
+        self.param_labels = param_labels
+        self.loss_scale = loss_scale
+        self.routed = isinstance(tx, dict)
+        self._compiled = backend.jit(self._step, enabled=jit)
+
+    def init_state(self, key: torch.Tensor, **kwargs: Any) -> TrainState:
+        """A fresh :class:`TrainState` for this step (see :func:`fctc.train.init_train_state`)."""
+        return init_train_state(
+            self.model,
+            self.tx,
+            key,
+            param_labels=self.param_labels,
+            loss_scale=self.loss_scale,
+            **kwargs,
+        )
+
+    def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, torch.Tensor]]:
+        if not isinstance(state, TrainState):
+            raise TypeError(f"train_step: state must be a TrainState, got {type(state).__name__}")
+        if self.loss_scale is not None and state.loss_scale is None:
+            raise ValueError(
+                "train_step: fp16 training needs a loss-scale state; build the state with "
+                "step.init_state(key) or init_train_state(..., loss_scale=step.loss_scale)"
+            )
+        return self._compiled(state, batch)
+
+    # -- the pure step -------------------------------------------------------------------
+
+    def _labels(self, params):
+        return resolve_labels(self.param_labels, params, self.tx) if self.routed else None
+
+    def _gradients(self, state: TrainState, batch: Any, key: torch.Tensor):
+        """Loss per name, gradient per group (unscaled, summed over micro-batches), new state."""
+        scale = state.loss_scale.scale if state.loss_scale is not None else None
+        labels = self._labels(state.params)
+        model_state = state.model_state
+        total_loss: dict[str, torch.Tensor] = {}
+        total_grads: dict[str, Any] = {}
+        micro = _micro_batches(batch, self.accum_steps)
+        for i, (mb, weight) in enumerate(micro):
+            mkey = key if len(micro) == 1 else _random.fold_in(key, i)
+            device = _tree.leaves(mb)[0].device
+
+            def forward(params, mb=mb, mkey=mkey, model_state=model_state, device=device):
+                with autocast(self.precision, device):
+                    out, new_state = self.loss_fn(params, model_state, mb, mkey)
+                losses = out if isinstance(out, dict) else {_SINGLE: out}
+                return {n: v.float() for n, v in losses.items()}, new_state
+
+            losses, vjp_fn, model_state = backend.vjp(forward, state.params, has_aux=True)
+            for name, value in losses.items():
+                if self.routed and name not in self.tx:
+                    raise ValueError(
+                        f"train_step: loss_fn returned a loss {name!r} with no transformation; "
+                        f"the groups are {sorted(self.tx)}"
+                    )
+                ct = torch.full_like(value, weight) if scale is None else weight * scale
+                (grads,) = vjp_fn({n: (ct if n == name else None) for n in losses})
+                if self.routed:
+                    grads = group_params(grads, labels, name)
+                if scale is not None:
+                    grads = self.loss_scale.unscale(grads, state.loss_scale)
+                if name in total_grads:
+                    gs, spec = _tree.flatten(total_grads[name])
+                    total_grads[name] = _tree.unflatten(
+                        spec, torch._foreach_add(gs, spec.flatten_up_to(grads))
+                    )
+                    total_loss[name] = total_loss[name] + weight * value
+                else:
+                    total_grads[name] = grads
+                    total_loss[name] = weight * value
+        return total_loss, total_grads, model_state, labels
+
+    def _step(self, state: TrainState, batch: Any):
+        key = _random.fold_in(state.key, state.step)
+        losses, grads, model_state, labels = self._gradients(state, batch, key)
+        finite = torch.stack([torch.isfinite(v) for v in losses.values()]).all()
+        finite = finite & torch.stack([_tree.all_finite(g) for g in grads.values()]).all()
+
+        txs = self.tx if self.routed else {_SINGLE: self.tx}
+        opt_states = state.opt_state if self.routed else {_SINGLE: state.opt_state}
+        new_opt = dict(opt_states)
+        new_groups = {}
+        for name, g in grads.items():
+            params_g = group_params(state.params, labels, name) if self.routed else state.params
+            updates, new_opt[name] = txs[name].update(g, opt_states[name], params_g)
+            # Checked after the chain too: a transformation that mixes in other processes'
+            # gradients (fctc.distributed.all_reduce_gradients) makes every rank see the same
+            # non-finite average, so all ranks skip the batch together.
+            finite = finite & _tree.all_finite(updates)
+            new_groups[name] = apply_updates(params_g, updates)
+        if self.routed:
+            params = merge_groups(state.params, labels, new_groups)
+            opt_state = new_opt
+        else:
+            params, opt_state = new_groups[_SINGLE], new_opt[_SINGLE]
+
+        params = _select(finite, params, state.params)
+        opt_state = _select(finite, opt_state, state.opt_state)
+        model_state = _select(finite, model_state, state.model_state)
+        loss_scale = state.loss_scale
+        if loss_scale is not None:
+            loss_scale = self.loss_scale.adjust(loss_scale, finite)
+        bad = (~finite).to(torch.int64)
+        new_state = TrainState(
+            params=params,
+            model_state=model_state,
+            opt_state=opt_state,
+            step=state.step + 1,
+            key=state.key,
+            loss_scale=loss_scale,
+            nonfinite_count=(state.nonfinite_count + bad) * bad,
+            nonfinite_total=state.nonfinite_total + bad,
+        )
+        metrics = {"loss": sum(losses.values()), "finite": finite}
+        if self.routed:
+            metrics.update({f"loss/{n}": v for n, v in losses.items()})
+            metrics.update({f"grad_norm/{n}": _tree.global_norm(g) for n, g in grads.items()})
+        else:
+            metrics["grad_norm"] = _tree.global_norm(grads[_SINGLE])
+        if loss_scale is not None:
+            metrics["loss_scale"] = loss_scale.scale
+        return new_state, metrics
+
+
+def make_train_step(
+    model: Model,
+    tx: GradientTransformation | dict[str, GradientTransformation],
+    loss_fn: LossFn | None = None,
+    *,
+    blank: int | None = None,
+    reduction: str = "thunder",
+    accum_steps: int = 1,
+    precision: str = "fp32",
+    param_labels: Any = None,
+    loss_scale: DynamicLossScale | None = None,
+    jit: bool = False,
+) -> TrainStep:
+    """Build the pure train step ``step(state, batch) -> (state, metrics)``.
+
+    Args:
+      model: the :class:`~fctc.nn.Model` to train (e.g. ``fctc.models.ctc_model(...)``).
+      tx: a gradient transformation, or a dict of them for multi-loss routing (then
+        ``param_labels`` assigns each parameter to one of its keys and ``loss_fn`` returns a
+        dict of losses with the same names; each group gets only its own loss's gradient).
+      loss_fn: ``loss_fn(params, model_state, batch, key) -> (loss, new_model_state)``; by
+        default the CTC loss of ``model`` on a :class:`~fctc.train.Batch` with ``blank`` and
+        ``reduction`` (see :func:`fctc.losses.ctc_loss`).
+      accum_steps: split each batch into this many micro-batches and sum their gradients,
+        weighted by micro-batch size, inside the step: the update equals the full batch's for
+        a batch-mean loss and a model without batch statistics (BatchNorm sees each
+        micro-batch alone, as it would in smaller batches). Peak memory is one micro-batch's.
+      precision: "fp32", "bf16" (autocast) or "fp16" (autocast plus dynamic loss scaling:
+        the loss is scaled, gradients unscaled before the transformation chain, so before
+        clipping, and a step with non-finite gradients is skipped, as GradScaler does).
+      loss_scale: the :func:`fctc.optim.dynamic_loss_scale` for fp16 (default: GradScaler's).
+      jit: compile the whole step with ``torch.compile`` (``fctc.backend.jit``).
+
+    Non-finite batches (any loss or gradient NaN/Inf) change nothing (params, optimiser state,
+    model state); they are counted in ``state.nonfinite_count`` / ``nonfinite_total`` without a
+    host sync; :func:`fctc.train.check_nonfinite` turns a long run of them into an error.
+    The metrics are tensors: ``loss``, ``grad_norm`` (of the unscaled gradients), ``finite``
+    and, for fp16, ``loss_scale`` (per group ``loss/<name>`` and ``grad_norm/<name>`` when
+    routed).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"make_train_step: precision must be one of {PRECISIONS}, got {precision!r}")
+    if not isinstance(accum_steps, int) or accum_steps < 1:
+        raise ValueError(f"make_train_step: accum_steps must be a positive int, got {accum_steps!r}")
+    if loss_fn is None:
+        if blank is None:
+            raise ValueError(
+                "make_train_step: give the blank index (blank=vocabulary.blank_idx) for the "
+                "default CTC loss, or pass your own loss_fn"
+            )
+        loss_fn = ctc_loss_fn(model, blank, reduction)
+    if isinstance(tx, dict):
+        if not tx:
+            raise ValueError("make_train_step: the dict of transformations is empty")
+        if param_labels is None:
+            raise ValueError("make_train_step: a dict of transformations needs param_labels")
+    elif param_labels is not None:
+        raise ValueError("make_train_step: param_labels needs a dict of transformations")
+    if precision == "fp16" and loss_scale is None:
+        loss_scale = dynamic_loss_scale()
+    if precision != "fp16" and loss_scale is not None:
+        raise ValueError("make_train_step: loss_scale is only used with precision='fp16'")
+    return TrainStep(model, tx, loss_fn, accum_steps, precision, param_labels, loss_scale, jit)
