@@ -99,7 +99,7 @@ def global_norm(tree: PyTree, ord: float = 2.0) -> torch.Tensor:
     ``torch.nn.utils.clip_grad_norm_(norm_type=ord)``. An empty tree has norm 0. Leaves on
     several devices are reduced on the device of the first leaf.
     """
-    xs = leaves(tree)
+    xs = [x for x in leaves(tree) if x.numel()]  # empty leaves add nothing (and break inf)
     ord = float(ord)
     if not (ord > 0 or math.isinf(ord)):
         raise ValueError(f"global_norm: ord must be positive or inf, got {ord}")
@@ -175,6 +175,8 @@ def flatten_dict(tree: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
         if isinstance(node, Mapping):
             for k, v in node.items():
                 k = str(k)
+                if not k:
+                    raise ValueError("flatten_dict: empty keys cannot form a 'a.b.c' path")
                 if sep in k:
                     raise ValueError(f"flatten_dict: key {k!r} contains the separator {sep!r}")
                 _walk(f"{prefix}{sep}{k}" if prefix else k, v)

@@ -1,0 +1,228 @@
+"""fctc.backend: JAX-style transforms agree with torch.autograd, never mutate, fail clearly."""
+
+import pytest
+import torch
+
+import fctc
+from fctc import backend
+from fctc import testing as ft
+
+
+def make_params(seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "layer": {"weight": torch.randn(3, 4, generator=gen, dtype=dtype),
+                  "bias": torch.randn(3, generator=gen, dtype=dtype)},
+        "scale": torch.randn((), generator=gen, dtype=dtype),
+    }
+
+
+def loss_fn(params, x, target):
+    h = torch.tanh(x @ params["layer"]["weight"].T + params["layer"]["bias"])
+    return ((h * params["scale"] - target) ** 2).mean()
+
+
+def autograd_reference(fn, args, argnums):
+    """Gradients by plain ``loss.backward()`` on fresh leaf copies."""
+    copies = [fctc.tree.map(lambda t: t.detach().clone().requires_grad_(True), a) for a in args]
+    value = fn(*copies)
+    value.backward()
+    grads = [fctc.tree.map(lambda t: t.grad, copies[n]) for n in argnums]
+    return value.detach(), grads
+
+
+@pytest.fixture
+def batch():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    return x, torch.randn(5, 3, generator=gen, dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------- value_and_grad
+
+
+def test_value_and_grad_matches_autograd(batch):
+    params, (x, y) = make_params(), batch
+    value, grads = ft.assert_pure(backend.value_and_grad(loss_fn), params, x, y)
+    ref_value, (ref_grads,) = autograd_reference(loss_fn, [params, x, y], [0])
+    ft.assert_trees_equal(value, ref_value)
+    ft.assert_trees_allclose(grads, ref_grads, rtol=1e-12, atol=1e-14)
+    assert value.grad_fn is None and value.shape == ()
+    assert all(not g.requires_grad for g in fctc.tree.leaves(grads))
+    assert all(not p.requires_grad for p in fctc.tree.leaves(params))
+
+
+@pytest.mark.parametrize("argnums", [1, -2, (0, 1), (2, 0), (0, 1, 2)])
+def test_value_and_grad_argnums(batch, argnums):
+    args = [make_params(), *batch]
+    value, grads = backend.value_and_grad(loss_fn, argnums=argnums)(*args)
+    nums = (argnums,) if isinstance(argnums, int) else argnums
+    _, ref = autograd_reference(loss_fn, args, [n % 3 for n in nums])
+    if isinstance(argnums, int):
+        assert isinstance(grads, torch.Tensor)
+        ft.assert_trees_allclose(grads, ref[0], rtol=1e-12, atol=1e-14)
+    else:
+        assert isinstance(grads, tuple) and len(grads) == len(argnums)
+        ft.assert_trees_allclose(grads, tuple(ref), rtol=1e-12, atol=1e-14)
+
+
+def test_value_and_grad_has_aux_and_kwargs(batch):
+    x, y = batch
+
+    def fn(params, x, *, target):
+        loss = loss_fn(params, x, target)
+        return loss, {"loss": loss, "h": x @ params["layer"]["weight"].T, "tag": "step"}
+
+    (value, aux), grads = backend.value_and_grad(fn, has_aux=True)(make_params(), x, target=y)
+    ft.assert_trees_equal(value, aux["loss"])
+    assert aux["tag"] == "step" and aux["h"].grad_fn is None and aux["loss"].grad_fn is None
+    _, (ref,) = autograd_reference(lambda p: loss_fn(p, x, y), [make_params()], [0])
+    ft.assert_trees_allclose(grads, ref, rtol=1e-12, atol=1e-14)
+    grads2, aux2 = backend.grad(fn, has_aux=True)(make_params(), x, target=y)
+    ft.assert_trees_equal(grads2, grads)
+    ft.assert_trees_equal(aux2, aux)
+
+
+def test_value_and_grad_unused_leaves_and_constant_functions_get_zeros():
+    params = {"used": torch.ones(2), "unused": torch.full((3,), 5.0)}
+    value, grads = backend.value_and_grad(lambda p: (p["used"] ** 2).sum())(params)
+    ft.assert_trees_equal(grads, {"used": torch.full((2,), 2.0), "unused": torch.zeros(3)})
+    value, grads = backend.value_and_grad(lambda p: torch.tensor(3.0))(params)
+    ft.assert_trees_equal(value, torch.tensor(3.0))
+    ft.assert_trees_equal(grads, fctc.tree.zeros_like(params))
+
+
+def test_value_and_grad_works_under_no_grad_and_keeps_dtype():
+    p = {"w": torch.ones(2, dtype=torch.float32), "h": torch.ones(2, dtype=torch.float16)}
+    with torch.no_grad():
+        _, grads = backend.value_and_grad(lambda p: (p["w"] * 3).sum() + p["h"].float().sum())(p)
+    assert grads["w"].dtype == torch.float32 and grads["h"].dtype == torch.float16
+    ft.assert_trees_equal(grads["w"], torch.full((2,), 3.0))
+
+
+def test_grad_returns_only_gradients(batch):
+    params, (x, y) = make_params(), batch
+    ft.assert_trees_equal(
+        backend.grad(loss_fn)(params, x, y), backend.value_and_grad(loss_fn)(params, x, y)[1]
+    )
+    assert backend.grad(loss_fn).__name__ == "loss_fn"
+
+
+def test_value_and_grad_errors():
+    vg = backend.value_and_grad
+    with pytest.raises(TypeError, match=r"floating scalar tensor.*got \(3,\)"):
+        vg(lambda x: x * 2)(torch.ones(3))
+    with pytest.raises(TypeError, match="floating scalar tensor.*got float"):
+        vg(lambda x: 1.0)(torch.ones(3))
+    with pytest.raises(TypeError, match="floating scalar"):
+        vg(lambda x: x.sum().long())(torch.ones(3))
+    with pytest.raises(TypeError, match="argument 0 must be a pytree of floating.*torch.int64"):
+        vg(lambda x: x.sum().float())(torch.ones(3, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"argnums=2 does not fit a call with 2 positional"):
+        vg(lambda x, y: x.sum(), argnums=2)(torch.ones(1), torch.ones(1))
+    with pytest.raises(ValueError, match="at least one argument"):
+        vg(lambda x: x.sum(), argnums=())(torch.ones(1))
+    with pytest.raises(ValueError, match="names an argument twice"):
+        vg(lambda x, y: (x * y).sum(), argnums=(0, -2))(torch.ones(1), torch.ones(1))
+    with pytest.raises(TypeError, match=r"has_aux=True the function must return a pair"):
+        vg(lambda x: x.sum(), has_aux=True)(torch.ones(2))
+    with pytest.raises(TypeError, match=r"has_aux=True the function must return a pair"):
+        vg(lambda x: x * 1.0, has_aux=True)(torch.ones(2))  # a 2-vector must not unpack
+
+
+# ----------------------------------------------------------------------------- traced path
+
+
+def test_value_and_grad_inside_vmap_gives_per_example_gradients(batch):
+    """Under a functorch transform value_and_grad takes the torch.func path."""
+    params, (x, y) = make_params(), batch
+    assert not backend.is_tracing()
+
+    def per_example(params, xi, yi):
+        assert backend.is_tracing()
+        return backend.value_and_grad(loss_fn)(params, xi[None], yi[None])
+
+    values, grads = backend.vmap(per_example, in_dims=(None, 0, 0))(params, x, y)
+    for i in range(x.shape[0]):
+        ref_value, (ref,) = autograd_reference(loss_fn, [params, x[i : i + 1], y[i : i + 1]], [0])
+        ft.assert_trees_allclose(values[i], ref_value, rtol=1e-12, atol=1e-14)
+        ft.assert_trees_allclose(fctc.tree.map(lambda g: g[i], grads), ref, rtol=1e-12, atol=1e-14)
+
+
+def test_traced_path_has_aux_tuple_argnums_and_errors(batch):
+    params, (x, y) = make_params(), batch
+
+    def fn(p, x):
+        loss = loss_fn(p, x, y)
+        return loss, loss * 2
+
+    def run(p, x):
+        return backend.value_and_grad(fn, argnums=(0, 1), has_aux=True)(p, x)
+
+    ones = torch.ones(2, dtype=torch.float64)  # a trivial batch, only to activate the transform
+    (value, aux), (gp, gx) = backend.vmap(lambda s: run(params, x * s))(ones)
+    reference = backend.value_and_grad(fn, argnums=(0, 1), has_aux=True)
+    (ref_value, ref_aux), (ref_gp, ref_gx) = reference(params, x)
+    ft.assert_trees_allclose(value[0], ref_value, rtol=1e-12)
+    ft.assert_trees_allclose(aux[1], ref_aux, rtol=1e-12)
+    ft.assert_trees_allclose(fctc.tree.map(lambda g: g[1], gp), ref_gp, rtol=1e-12, atol=1e-14)
+    ft.assert_trees_allclose(gx[0], ref_gx, rtol=1e-12, atol=1e-14)
+    with pytest.raises(TypeError, match="must return a pair"):
+        backend.vmap(lambda s: backend.value_and_grad(lambda v: v.sum(), has_aux=True)(x * s))(ones)
+
+
+# ----------------------------------------------------------------------------- vmap
+
+
+def test_vmap_matches_a_loop():
+    w = torch.randn(4, 3)
+    xs = torch.randn(6, 4)
+    out = backend.vmap(lambda x, w: torch.tanh(x @ w), in_dims=(0, None))(xs, w)
+    ft.assert_trees_allclose(out, torch.stack([torch.tanh(x @ w) for x in xs]), rtol=1e-6)
+    chunked = backend.vmap(lambda x: x.sum(), chunk_size=4)(xs)
+    ft.assert_trees_allclose(chunked, xs.sum(1), rtol=1e-6)
+    pair = backend.vmap(lambda x: (x.max(), x.min()), out_dims=(0, 0))(xs)
+    ft.assert_trees_equal(pair, (xs.max(1).values, xs.min(1).values))
+    with pytest.raises(RuntimeError):  # randomness must come from keys, not global state
+        backend.vmap(lambda x: x + torch.rand(()))(xs)
+
+
+# ----------------------------------------------------------------------------- jit
+
+
+def tiny(x, w):
+    return torch.tanh(x @ w).square().sum(-1) + torch.sin(x).mean()
+
+
+def test_jit_disabled_is_the_function_itself():
+    assert backend.jit(tiny, enabled=False) is tiny
+    decorated = backend.jit(enabled=False)(tiny)
+    assert decorated is tiny
+
+
+def test_jit_compiles_and_matches_eager():
+    """The one inductor compile of this file (a few seconds the first time in a process)."""
+    x, w = torch.randn(5, 4), torch.randn(4, 3)
+    compiled = backend.jit(tiny, fullgraph=True)
+    assert compiled is not tiny
+    ft.assert_trees_allclose(ft.assert_pure(compiled, x, w), tiny(x, w), rtol=1e-6, atol=1e-6)
+
+
+def test_jit_traces_value_and_grad_through_torch_func(batch):
+    """Under torch.compile value_and_grad must take the traceable path (cheap 'eager' backend)."""
+    params, (x, y) = make_params(), batch
+    seen = []
+
+    def with_aux(params, x, y):
+        loss = loss_fn(params, x, y)
+        return loss, {"double": 2 * loss}
+
+    def step(params, x, y):
+        seen.append(backend.is_tracing())
+        return backend.value_and_grad(with_aux, has_aux=True)(params, x, y)
+
+    (value, aux), grads = backend.jit(step, backend="eager", fullgraph=True)(params, x, y)
+    assert seen and all(seen)
+    (ref_value, ref_aux), ref_grads = backend.value_and_grad(with_aux, has_aux=True)(params, x, y)
+    ft.assert_trees_allclose((value, aux), (ref_value, ref_aux), rtol=1e-12)
+    ft.assert_trees_allclose(grads, ref_grads, rtol=1e-12, atol=1e-14)
