@@ -2,7 +2,8 @@
 
 ``ctc_loss`` takes logits shaped ``(batch, vocab, time)``, as thunder's models return them,
 applies ``log_softmax`` over the vocabulary (in float32 when the logits are half precision)
-and calls ``torch.nn.functional.ctc_loss`` with ``zero_infinity=True``. Reductions:
+and runs the CTC kernels of ``torch.nn.functional.ctc_loss`` with ``zero_infinity=True``
+(wrapped so that ``torch.compile`` traces through them). Reductions:
 
 * ``"thunder"`` and ``"mean"`` — torch's ``"mean"``, which is what thunder trains with: each
   utterance's loss divided by its target length (clamped to at least 1), averaged over the
@@ -93,6 +94,94 @@ def _check_values(logits, lengths, targets, target_lengths, blank):
             )
 
 
+# -- the CTC kernel as an opaque custom op ------------------------------------------------------
+# aten's CTC kernels allocate their alpha table with a shape that depends on the largest target
+# length (a value, not a shape), so torch.compile cannot trace them and would split a compiled
+# train step in two around the loss. Wrapped as custom ops with the alpha table padded to the
+# padded target width, their output shapes follow from input shapes alone: the compiled step
+# stays one graph and calls exactly the kernels F.ctc_loss calls.
+
+
+@torch.library.custom_op("fctc::ctc_nll", mutates_args=())
+def _ctc_nll_op(
+    log_probs: torch.Tensor,
+    targets: torch.Tensor,
+    lengths: torch.Tensor,
+    target_lengths: torch.Tensor,
+    blank: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    nll, alpha = torch.ops.aten._ctc_loss.Tensor(
+        log_probs, targets, lengths, target_lengths, blank, True
+    )
+    width = 2 * targets.shape[1] + 1
+    padded = alpha.new_full((alpha.shape[0], alpha.shape[1], width), -float("inf"))
+    padded[:, :, : alpha.shape[2]] = alpha
+    return nll, padded
+
+
+@_ctc_nll_op.register_fake
+def _(log_probs, targets, lengths, target_lengths, blank):
+    batch, time = log_probs.shape[1], log_probs.shape[0]
+    nll = log_probs.new_empty((batch,))
+    return nll, log_probs.new_empty((batch, time, 2 * targets.shape[1] + 1))
+
+
+@torch.library.custom_op("fctc::ctc_nll_backward", mutates_args=())
+def _ctc_nll_backward_op(
+    grad: torch.Tensor,
+    log_probs: torch.Tensor,
+    targets: torch.Tensor,
+    lengths: torch.Tensor,
+    target_lengths: torch.Tensor,
+    nll: torch.Tensor,
+    alpha: torch.Tensor,
+    blank: int,
+) -> torch.Tensor:
+    width = 2 * int(target_lengths.max()) + 1 if target_lengths.numel() else 1
+    return torch.ops.aten._ctc_loss_backward.Tensor(
+        grad, log_probs, targets, lengths, target_lengths, nll,
+        alpha[:, :, :width].contiguous(), blank, True,
+    )
+
+
+@_ctc_nll_backward_op.register_fake
+def _(grad, log_probs, targets, lengths, target_lengths, nll, alpha, blank):
+    return torch.empty_like(log_probs)
+
+
+class _CTCNegLogLikelihood(torch.autograd.Function):
+    """Differentiation rule of the CTC custom ops (the form torch.func transforms accept)."""
+
+    @staticmethod
+    def forward(log_probs, targets, lengths, target_lengths, blank):
+        return _ctc_nll_op(log_probs, targets, lengths, target_lengths, blank)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        log_probs, targets, lengths, target_lengths, blank = inputs
+        nll, alpha = output
+        ctx.mark_non_differentiable(alpha)
+        ctx.save_for_backward(log_probs, targets, lengths, target_lengths, nll, alpha)
+        ctx.blank = blank
+
+    @staticmethod
+    def backward(ctx, grad_nll, grad_alpha):
+        log_probs, targets, lengths, target_lengths, nll, alpha = ctx.saved_tensors
+        grad = _ctc_nll_backward_op(
+            grad_nll.contiguous(), log_probs, targets, lengths, target_lengths, nll, alpha,
+            ctx.blank,
+        )
+        return grad, None, None, None, None
+
+
+def _ctc_nll(log_probs, targets, lengths, target_lengths, blank):
+    """Per-utterance CTC negative log-likelihood, infinite ones zeroed (``zero_infinity``)."""
+    nll, _ = _CTCNegLogLikelihood.apply(log_probs, targets, lengths, target_lengths, blank)
+    # The kernel's zero_infinity flag only zeroes gradients; the value is zeroed here, as
+    # aten::ctc_loss does around the same kernel.
+    return torch.where(nll == float("inf"), torch.zeros_like(nll), nll)
+
+
 def infeasible_count(lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor):
     """How many utterances have too few frames for their targets (an int64 tensor scalar).
 
@@ -128,20 +217,16 @@ def ctc_loss(
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     log_probs = F.log_softmax(logits.permute(2, 0, 1), dim=2)
-    torch_reduction = "mean" if reduction in ("thunder", "mean") else (
-        "sum" if reduction == "sum" else "none"
-    )
-    loss = F.ctc_loss(
-        log_probs,
-        targets.long(),
-        lengths.long(),
-        target_lengths.long(),
-        blank=blank,
-        reduction=torch_reduction,
-        zero_infinity=True,
-    )
-    if reduction == "espnet":
-        loss = loss.sum() / logits.shape[0]
+    target_lengths = target_lengths.long()
+    nll = _ctc_nll(log_probs, targets.long(), lengths.long(), target_lengths, blank)
+    if reduction in ("thunder", "mean"):  # torch's "mean"
+        loss = (nll / target_lengths.clamp_min(1).to(nll.dtype)).mean()
+    elif reduction == "sum":
+        loss = nll.sum()
+    elif reduction == "espnet":
+        loss = nll.sum() / logits.shape[0]
+    else:
+        loss = nll
     if check_feasible and not tracing:
         n = int(infeasible_count(lengths, targets, target_lengths))
         if n:
