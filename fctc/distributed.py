@@ -29,11 +29,12 @@ Once per update, not per micro-batch:
 
 * with ``make_train_step(..., accum_steps=k)`` the step sums the micro-batch gradients and runs
   the chain once, so ``all_reduce_gradients()`` first in the chain communicates once per step;
-* :class:`fctc.optim.MultiSteps` (accumulation across calls) is branch-free: it runs its inner
-  transformation at every call and discards the result on all but the ``k``-th, so an
-  all-reduce inside it (or before it) would communicate at every micro-step. Use
-  :class:`DistributedMultiSteps` instead: it passes ``sync=False`` to the all-reduce on the
-  other micro-steps, which then stays local, and averages the accumulated gradient once.
+* :class:`fctc.optim.MultiSteps` (accumulation across calls) runs its inner transformation
+  eagerly only on the ``k``-th call, so ``MultiSteps(chain(all_reduce_gradients(), opt), k)``
+  communicates once per update in eager mode; compiled, MultiSteps is branch-free (it runs the
+  inner chain at every call and selects), so an all-reduce inside it would communicate at every
+  micro-step. :class:`DistributedMultiSteps` communicates once per update in both modes: it
+  passes ``sync=False`` to the all-reduce on the other micro-steps, which then stays local.
 
 Gradients are coalesced into one flat buffer per (device, dtype): one collective per dtype, not
 one per tensor. The all-reduce uses the traceable functional collectives
@@ -285,9 +286,9 @@ class DistributedMultiSteps(MultiSteps):
 
     ``DistributedMultiSteps(adamw(1e-3), every_k_schedule=4)`` accumulates each rank's
     gradients locally for ``k`` calls and all-reduces the accumulated gradient only on the
-    ``k``-th call, right before the inner optimiser; the other calls send nothing. (MultiSteps
-    computes its inner update at every call and keeps it only on the ``k``-th, so
-    ``MultiSteps(chain(all_reduce_gradients(), opt), k)`` is correct but communicates ``k``
+    ``k``-th call, right before the inner optimiser; the other calls send nothing, compiled or
+    not. (Compiled, MultiSteps computes its inner update at every call and keeps it only on the
+    ``k``-th, so ``MultiSteps(chain(all_reduce_gradients(), opt), k)`` would communicate ``k``
     times per update.) Whether the current call emits is read from ``mini_step`` on the host:
     one small synchronisation per call, and a graph break under ``torch.compile``; the in-step
     ``make_train_step(..., accum_steps=k)`` needs neither and is the first choice.

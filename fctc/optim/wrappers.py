@@ -385,8 +385,9 @@ class MultiSteps:
     ``every_k_schedule`` is an int or a function of ``gradient_step`` (the number of emitted
     updates). ``should_skip_update_fn(updates, gradient_step, params) -> (bool tensor,
     skip_state)`` may reject a micro-step as if it never happened (:func:`skip_not_finite`).
-    Accumulators are ``accumulator_dtype`` (float32 by default). Branch-free: the inner update is
-    computed at every micro-step and selected with ``torch.where``.
+    Accumulators are ``accumulator_dtype`` (float32 by default). Compiled, it is branch-free: the
+    inner update is computed at every micro-step and selected with ``torch.where``; eagerly, the
+    inner update runs only on the micro-steps that emit (one host read of the counter).
     """
 
     def __init__(
@@ -456,11 +457,18 @@ class MultiSteps:
         else:
             new_accs = []
         acc_as_updates = _tree.unflatten(spec, [a.to(g.dtype) for a, g in zip(new_accs, gs)])
-        final_updates, new_inner = self._opt.update(acc_as_updates, state.inner_opt_state, params, **extra)
-
         emit = mini == (k - 1)
         keep = ~should_skip
         step_on = emit & keep
+        if _backend.is_tracing() or bool(step_on):
+            final_updates, new_inner = self._opt.update(
+                acc_as_updates, state.inner_opt_state, params, **extra
+            )
+        else:
+            # Eagerly, a micro-step that emits nothing skips the inner update altogether (one
+            # host read of a counter): same results as the branch-free select below, without
+            # paying for an optimiser step (or a gradient all-reduce inside it) per micro-step.
+            final_updates, new_inner = _tree.map(torch.zeros_like, updates), state.inner_opt_state
         zeros_like_final = _tree.map(torch.zeros_like, final_updates)
         out_updates = _select(step_on, final_updates, zeros_like_final)
         acc_out = [torch.where(emit, torch.zeros_like(a), a) for a in new_accs]

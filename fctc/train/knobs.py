@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import tree as _tree
+from ..backend import is_tracing
 from ..optim.base import GradientTransformation, chain, set_to_zero, with_extra_args_support
 from ..optim.clipping import clip_by_global_norm
 from ..optim.transforms import scale
@@ -35,7 +36,8 @@ class EveryNStepsState(NamedTuple):
 def every_n_steps(inner: GradientTransformation, n: int) -> GradientTransformation:
     """Run ``inner`` only on every ``n``-th call (calls n, 2n, ...); other calls give zero updates,
     leave ``inner``'s state untouched and discard their gradient (speechain's
-    ``step_per_update``). Branch-free, so a compiled step never recompiles."""
+    ``step_per_update``). Compiled, it is branch-free (no recompiles); eagerly, the skipped calls
+    do not run ``inner`` at all."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"every_n_steps: n must be a positive int, got {n!r}")
     inner = with_extra_args_support(inner)
@@ -46,10 +48,15 @@ def every_n_steps(inner: GradientTransformation, n: int) -> GradientTransformati
         return EveryNStepsState(torch.zeros((), dtype=torch.int32, device=device), inner.init(params))
 
     def update(updates, state, params=None, **extra):
-        new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra)
         if n == 1:
+            new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra)
             return new_updates, EveryNStepsState(state.count + 1, new_inner)
         on = torch.remainder(state.count + 1, n) == 0
+        if not is_tracing() and not bool(on):
+            # Eagerly, skip the inner update on the calls that discard it (one host read).
+            zeros = _tree.map(torch.zeros_like, updates)
+            return zeros, EveryNStepsState(state.count + 1, state.inner_state)
+        new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra)
         out = _tree.map(lambda u: torch.where(on, u, torch.zeros_like(u)), new_updates)
         kept = _tree.map(lambda a, b: torch.where(on, a, b), new_inner, state.inner_state)
         return out, EveryNStepsState(state.count + 1, kept)
