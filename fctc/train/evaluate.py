@@ -76,12 +76,17 @@ def predict(
     *,
     precision: str = "fp32",
 ) -> list[str]:
-    """Transcribe raw audio ``(B, S)`` (or one ``(S,)`` signal) with greedy CTC decoding."""
+    """Transcribe a batch with greedy CTC decoding, in eval mode.
+
+    ``audio`` is what the model takes, batch first: raw audio ``(B, S)`` for a
+    :func:`fctc.models.ctc_model` (one ``(S,)`` signal is accepted too). Without ``lengths``
+    every utterance spans the whole last dimension.
+    """
+    if not isinstance(audio, torch.Tensor) or audio.dim() == 0:
+        raise ValueError("predict: audio must be a tensor with a batch dimension (or one 1-D signal)")
     if audio.dim() == 1:
         audio = audio.unsqueeze(0)
-    if audio.dim() != 2:
-        raise ValueError(f"predict: audio must be (samples,) or (batch, samples), got {tuple(audio.shape)}")
     if lengths is None:
-        lengths = torch.full((audio.shape[0],), audio.shape[1], dtype=torch.long, device=audio.device)
+        lengths = torch.full((audio.shape[0],), audio.shape[-1], dtype=torch.long, device=audio.device)
     logits, out_lengths = _forward(model, precision)(params, model_state, audio, lengths)
     return vocabulary.decode_prediction(logits, out_lengths)
