@@ -275,6 +275,11 @@ def filterbank(
         check_rank(audio, 2, name, "audio (batch, samples)")
         if not audio.is_floating_point():
             raise TypeError(f"{name}: audio must be floating point, got {audio.dtype}")
+        if audio.shape[-1] == 0:
+            raise ValueError(
+                f"{name}: audio is empty (shape {tuple(audio.shape)}); a batch needs at least one "
+                "sample per row: drop empty utterances first (fctc.data skips them)"
+            )
         check_lengths(lengths, audio, name)
         try:
             window = state["1"]["window"]

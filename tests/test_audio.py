@@ -384,3 +384,12 @@ def test_spec_augment_validation():
         spec_augment(key, feats, lengths, time_width=1.5)
     with pytest.raises(ValueError, match="rank 3"):
         spec_augment(key, feats[0], lengths)
+
+
+def test_empty_audio_is_a_clear_error_and_zero_lengths_are_fine():
+    fb = filterbank()
+    params, state = fb.init(fctc.random.key(0))
+    with pytest.raises(ValueError, match="audio is empty"):
+        fb.apply(params, state, torch.zeros(2, 0), torch.tensor([0, 0]))
+    (feats, lengths), _ = fb.apply(params, state, torch.randn(2, 1600), torch.tensor([0, 1600]))
+    assert torch.isfinite(feats).all() and lengths.tolist() == [1, 11]
