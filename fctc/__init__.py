@@ -5,6 +5,7 @@ from . import (  # noqa: F401
     audio,
     backend,
     checkpoint,
+    data,
     distributed,
     losses,
     metrics,
