@@ -1,0 +1,185 @@
+"""Gradient clipping with optax's names and formulas: element-wise, global-norm and adaptive.
+
+``clip_by_global_norm`` also takes speechain's ``grad_norm_type`` (any p > 0, or inf), so the
+clipping torch users know from ``torch.nn.utils.clip_grad_norm_(max_norm, norm_type)`` is one
+transformation in a chain. The scale factor stays a tensor: no host synchronisation, and a
+compiled step does not specialise on whether clipping fired.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from .base import EmptyState, GradientTransformation
+from .transforms import _first_device, _Leaves, _on, _sc
+
+__all__ = [
+    "ClipState",
+    "ClipByGlobalNormState",
+    "AdaptiveGradClipState",
+    "clip",
+    "clip_by_global_norm",
+    "adaptive_grad_clip",
+    "unitwise_norm",
+]
+
+ClipState = EmptyState
+ClipByGlobalNormState = EmptyState
+AdaptiveGradClipState = EmptyState
+
+Scalar = Any
+
+
+def clip(max_delta: Scalar) -> GradientTransformation:
+    """Clip every update element to ``[-max_delta, max_delta]``."""
+
+    def init(params):
+        del params
+        return ClipState()
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        lv = _Leaves(updates)
+        if not lv.xs:
+            return updates, state
+        d = _on(max_delta, _first_device(lv.xs))
+        out = torch._foreach_clamp_max(lv.xs, _sc(lv.xs, d))
+        torch._foreach_clamp_min_(out, _sc(out, -d))
+        return lv.build(out), state
+
+    return GradientTransformation(init, update)
+
+
+def _check_norm_type(norm_type: Any, where: str) -> float:
+    if isinstance(norm_type, torch.Tensor) or isinstance(norm_type, bool):
+        raise TypeError(
+            f"{where}: norm_type must be a Python number (it selects the kernel), "
+            f"got {type(norm_type).__name__}"
+        )
+    p = float(norm_type)
+    if not (p > 0 or math.isinf(p)) or p != p or p == -math.inf:
+        raise ValueError(f"{where}: norm_type must be positive or inf, got {norm_type!r}")
+    return p
+
+
+def _global_norm(xs: list[torch.Tensor], ord: float) -> torch.Tensor:
+    """The ``ord``-norm of all tensors of ``xs`` together (one fused per-leaf norm kernel)."""
+    norms = list(torch._foreach_norm(xs, ord))
+    dev = norms[0].device
+    dtype = norms[0].dtype
+    if any(n.dtype != dtype or n.device != dev for n in norms):
+        dtype = torch.float32
+        for n in norms:
+            dtype = torch.promote_types(dtype, n.dtype)
+        norms = [n.to(device=dev, dtype=dtype) for n in norms]
+    return torch.linalg.vector_norm(torch.stack(norms), ord)
+
+
+def clip_by_global_norm(max_norm: Scalar, norm_type: float = 2.0) -> GradientTransformation:
+    """Rescale updates so that their global ``norm_type``-norm is at most ``max_norm``.
+
+    With ``norm = ||updates||``, updates are returned unchanged when ``norm < max_norm`` and
+    multiplied by ``max_norm / norm`` otherwise (optax's rule; ``norm_type=2`` is optax's
+    ``clip_by_global_norm``). ``torch.nn.utils.clip_grad_norm_`` differs only in the factor,
+    ``min(1, max_norm / (norm + 1e-6))``, a relative difference of about ``1e-6 / norm``.
+    ``norm_type`` is any p > 0 or ``float('inf')`` (largest absolute value).
+    """
+    p = _check_norm_type(norm_type, "clip_by_global_norm")
+
+    def init(params):
+        del params
+        return ClipByGlobalNormState()
+
+    def update(updates, state, params=None, **extra):
+        del params, extra
+        lv = _Leaves(updates)
+        if not lv.xs:
+            return updates, state
+        norm = _global_norm(lv.xs, p)
+        m = _on(max_norm, norm.device)
+        factor = torch.where(norm < m, torch.ones_like(norm), m / norm)
+        return lv.build(torch._foreach_mul(lv.xs, factor)), state
+
+    return GradientTransformation(init, update)
+
+
+def unitwise_norm(x: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of each output unit of ``x``, broadcast to ``x``'s shape (optax's rule).
+
+    Scalars and vectors (after dropping size-1 dimensions) get one norm; 2-d and 3-d tensors are
+    reduced over axis 0 and 4-d tensors over axes 0, 1 and 2. These are JAX layouts (``IO``,
+    ``HWIO``): for torch's ``(out, in, k)`` weights this is optax's behaviour, not a per-output
+    norm. Other ranks raise ``ValueError``.
+    """
+    if x.squeeze().ndim <= 1:
+        dims = tuple(range(x.ndim))
+    elif x.ndim in (2, 3):
+        dims = (0,)
+    elif x.ndim == 4:
+        dims = (0, 1, 2)
+    else:
+        raise ValueError(
+            f"unitwise_norm: expected a parameter with 1 to 4 dimensions, got shape {tuple(x.shape)}"
+        )
+    return _reduced_unitwise_norm(x, dims).expand(x.shape)
+
+
+def _unit_dims(x: torch.Tensor) -> tuple[int, ...]:
+    if x.squeeze().ndim <= 1:
+        return tuple(range(x.ndim))
+    if x.ndim in (2, 3):
+        return (0,)
+    if x.ndim == 4:
+        return (0, 1, 2)
+    raise ValueError(
+        f"adaptive_grad_clip: expected parameters with 1 to 4 dimensions, got shape {tuple(x.shape)}"
+    )
+
+
+def _reduced_unitwise_norm(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """``sqrt(sum(x * x))`` over ``dims``, keeping them as size-1 dimensions."""
+    if not dims:  # a 0-d tensor
+        return x.abs()
+    return torch.sqrt(torch.sum(x * x, dim=dims, keepdim=True))
+
+
+def adaptive_grad_clip(clipping: Scalar, eps: Scalar = 1e-3) -> GradientTransformation:
+    """Clip each unit's update to at most ``clipping * max(||param unit||, eps)`` (AGC).
+
+    Brock et al. (2021). Norms are taken unit-wise by :func:`unitwise_norm`; a unit whose update
+    norm is below the bound passes unchanged, otherwise it is scaled by
+    ``bound / max(norm, 1e-6)``. Needs ``params``.
+    """
+
+    def init(params):
+        del params
+        return AdaptiveGradClipState()
+
+    def update(updates, state, params=None, **extra):
+        del extra
+        if params is None:
+            raise ValueError(
+                "adaptive_grad_clip needs the parameters: call update(updates, state, params)"
+            )
+        lv = _Leaves(updates)
+        if not lv.xs:
+            return updates, state
+        ps = lv.take(params, "params")
+        dev = _first_device(lv.xs)
+        c, e = _on(clipping, dev), _on(eps, dev)
+        # Unit-wise reductions differ by rank, so the small norm tensors are built leaf by leaf;
+        # the full-size multiply is one foreach kernel.
+        factors = []
+        for g, p in zip(lv.xs, ps):
+            dims = _unit_dims(g)
+            g_norm = _reduced_unitwise_norm(g, dims)
+            bound = c * torch.clamp_min(_reduced_unitwise_norm(p, dims), e).to(g_norm.dtype)
+            factors.append(
+                torch.where(g_norm < bound, torch.ones_like(g_norm), bound / torch.clamp_min(g_norm, 1e-6))
+            )
+        return lv.build(torch._foreach_mul(lv.xs, factors)), state
+
+    return GradientTransformation(init, update)
