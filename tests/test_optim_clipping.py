@@ -153,3 +153,29 @@ def test_clip_by_global_norm_property(seed, max_norm, norm_type):
     factor = T.global_norm(out, norm_type) / T.global_norm(g, norm_type)
     for o, x in zip(T.leaves(out), T.leaves(g)):
         torch.testing.assert_close(o, x * factor, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("alias", ["adam", "adamw"])
+@pytest.mark.parametrize("max_norm", [1e-3, 1e6])
+def test_chain_hands_the_clip_factor_to_adam_with_the_same_result(alias, max_norm):
+    """chain(clip_by_global_norm, adam[w]) applies the clip factor inside adam's kernel; the
+    result equals running the two transformations one after the other."""
+    g = torch.Generator().manual_seed(0)
+    params = {"w": torch.randn(64, 300, generator=g), "b": torch.randn(300, generator=g)}
+    clip = optim.clip_by_global_norm(max_norm)
+    opt = getattr(optim, alias)(1e-2)
+    fused = optim.chain(clip, opt)
+    assert hasattr(clip.update, "fctc_output_factor") and hasattr(opt.update, "fctc_scaled_update")
+    s_fused, s_opt = fused.init(params), opt.init(params)
+    p_fused = p_ref = params
+    for i in range(5):
+        grads = {k: torch.randn(v.shape, generator=g) for k, v in params.items()}
+        u, s_fused = fused.update(grads, s_fused, p_fused)
+        p_fused = optim.apply_updates(p_fused, u)
+        clipped, _ = clip.update(grads, clip.init(p_ref), p_ref)
+        u_ref, s_opt = opt.update(clipped, s_opt, p_ref)
+        p_ref = optim.apply_updates(p_ref, u_ref)
+    tol = {"rtol": 1e-6, "atol": 1e-7} if max_norm < 1 else {"rtol": 0, "atol": 0}
+    for k in params:
+        torch.testing.assert_close(p_fused[k], p_ref[k], **tol)
+    torch.testing.assert_close(s_fused[1][0].mu["w"], s_opt[0].mu["w"], **tol)

@@ -106,6 +106,14 @@ def _fused_adam(
 
     def update(updates, state, params=None, **extra):
         del extra
+        return _update(updates, state, params, None)
+
+    def scaled_update(updates, state, params, input_scale, **extra):
+        """``update(updates * input_scale, ...)``, the factor applied inside the kernel."""
+        del extra
+        return _update(updates, state, params, input_scale)
+
+    def _update(updates, state, params, input_scale):
         n = 3 if decay else 2
         if not isinstance(state, tuple) or len(state) != n:
             raise ValueError(
@@ -134,9 +142,11 @@ def _fused_adam(
             lr=-lr,
             wd=weight_decay if decay else None,
             wd_mask=wd_mask,
+            input_scale=input_scale,
         )
         return new_updates, (adam_state, *state[1:-1], lr_state)
 
+    update.fctc_scaled_update = scaled_update
     return GradientTransformation(init, update)
 
 

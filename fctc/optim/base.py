@@ -90,12 +90,41 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
                 "was it built by this chain's init?"
             )
         new_state = []
-        for t, s in zip(txs, state):
-            updates, s = t.update(updates, s, params, **extra)
+        i = 0
+        while i < len(txs):
+            fused = _fuse_factor(txs, i, updates)
+            if fused is not None:
+                # txs[i] only multiplies by a factor and keeps no state that changes: txs[i+1]
+                # applies the factor inside its own kernel, sparing a pass over the gradients.
+                updates, s = txs[i + 1].update.fctc_scaled_update(
+                    updates, state[i + 1], params, fused, **extra
+                )
+                new_state += [state[i], s]
+                i += 2
+                continue
+            updates, s = txs[i].update(updates, state[i], params, **extra)
             new_state.append(s)
+            i += 1
         return updates, tuple(new_state)
 
     return GradientTransformation(init, update)
+
+
+def _fuse_factor(txs, i, updates):
+    """The factor to hand from ``txs[i]`` to ``txs[i + 1]``, when both take part in fusion.
+
+    A transformation whose ``update`` has an ``fctc_output_factor(updates)`` attribute returns
+    ``updates`` times that factor and has a state that never changes (``clip_by_global_norm``);
+    one whose ``update`` has ``fctc_scaled_update(updates, state, params, factor, **extra)``
+    computes ``update(updates * factor, ...)`` (the fused ``adam`` / ``adamw``). The results
+    equal the unfused chain's up to rounding.
+    """
+    if i + 1 >= len(txs):
+        return None
+    factor_fn = getattr(txs[i].update, "fctc_output_factor", None)
+    if factor_fn is None or getattr(txs[i + 1].update, "fctc_scaled_update", None) is None:
+        return None
+    return factor_fn(updates)
 
 
 def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformation:

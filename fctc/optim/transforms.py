@@ -447,13 +447,15 @@ def _fused_eligible(gs, ms, vs, ps, b1, b2, eps, eps_root, nesterov) -> bool:
     return True
 
 
-def _adam_fused_cpu(gs, ms, vs, ps, keep, *, step, b1, b2, eps, lr, wd):
+def _adam_fused_cpu(gs, ms, vs, ps, keep, *, step, b1, b2, eps, lr, wd, grad_scale=None):
     """:func:`_adam_kernel` through ``torch._fused_adamw_``, one pass per leaf, purely.
 
     The kernel works in place, so it runs on tensors created here: copies of the moments, and
     an output buffer that starts at ``lr * wd * params`` (0 without decay) and from which the
     kernel subtracts ``-lr * adam_update`` (``lr`` being the final multiplier, ``-1`` for
-    :func:`scale_by_adam` alone). Same formula as optax; rounding differs by a few ulps.
+    :func:`scale_by_adam` alone). ``grad_scale`` divides the gradients inside the kernel (how
+    a preceding clip's factor is applied without a pass of its own). Same formula as optax;
+    rounding differs by a few ulps.
     """
     if not gs:
         return [], [], []
@@ -472,7 +474,7 @@ def _adam_fused_cpu(gs, ms, vs, ps, keep, *, step, b1, b2, eps, lr, wd):
             out = torch._foreach_mul(srcs, [k if kp else zero for kp in keep])
     _FUSED_ADAMW(
         out, gs, mu, nu, [], [step] * len(gs), lr=-mult, beta1=float(b1), beta2=float(b2),
-        weight_decay=0.0, eps=float(eps), amsgrad=False, maximize=False,
+        weight_decay=0.0, eps=float(eps), amsgrad=False, maximize=False, grad_scale=grad_scale,
     )
     return list(out), list(mu), list(nu)
 
@@ -525,11 +527,14 @@ def _adam_step(
     lr=None,
     wd=None,
     wd_mask=None,
+    input_scale=None,
 ):
     """One Adam update over whole trees; ``lr``/``wd`` fuse the alias's later transformations.
 
     ``lr`` multiplies the final update (pass ``-learning_rate``); ``wd`` adds ``wd * params``
     before it, on the leaves selected by ``wd_mask`` (a per-leaf list of bools or None).
+    ``input_scale`` (a 0-d tensor) multiplies the gradients first: the factor of a preceding
+    :func:`~fctc.optim.clip_by_global_norm`, applied inside the fused kernel when it runs.
     """
     lv = _Leaves(updates)
     count = safe_int32_increment(state.count)
@@ -554,6 +559,8 @@ def _adam_step(
     bc1_next = _bias_correction(b1, safe_int32_increment(count)).to(dev) if nesterov else None
 
     def foreach_kernel(gs_, ms_, vs_, ps_, keep_):
+        if input_scale is not None:
+            gs_ = list(torch._foreach_mul(gs_, input_scale.to(dev)))
         return _adam_kernel(
             gs_, ms_, vs_, ps_, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov,
             bc1=bc1, bc1_next=bc1_next, bc2=bc2, lr=lr, wd=wd, wd_keep=keep_,
@@ -562,10 +569,14 @@ def _adam_step(
     kernel = foreach_kernel
     if _fused_eligible(gs, ms_c, vs_c, ps, b1, b2, eps, eps_root, nesterov):
         step = count.to(torch.float32)
+        grad_scale = None
+        if input_scale is not None:
+            grad_scale = torch.reciprocal(input_scale.to(device=dev, dtype=torch.float32))
 
         def fused_kernel(gs_, ms_, vs_, ps_, keep_):
             return _adam_fused_cpu(
-                gs_, ms_, vs_, ps_, keep_, step=step, b1=b1, b2=b2, eps=eps, lr=lr, wd=wd
+                gs_, ms_, vs_, ps_, keep_, step=step, b1=b1, b2=b2, eps=eps, lr=lr, wd=wd,
+                grad_scale=grad_scale,
             )
 
         def kernel(gs_, ms_, vs_, ps_, keep_):
