@@ -72,7 +72,8 @@ def check_lengths(lengths: Any, x: torch.Tensor, name: str, time_dim: int = -1) 
                 f"(shape {tuple(x.shape)})"
             )
         return lengths
-    lo, hi = (int(v) for v in torch.aminmax(lengths))
+    # One host synchronisation for both bounds (it is a device sync on accelerators).
+    lo, hi = (int(v) for v in torch.stack(torch.aminmax(lengths)).tolist())
     if lo < 0:
         raise ValueError(f"{name}: lengths must be non-negative, got a minimum of {lo}")
     if hi > limit:

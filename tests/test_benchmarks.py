@@ -1,0 +1,113 @@
+"""benchmarks/train_step.py: the imperative baseline loads fctc's weights, matches fctc's
+schedule, and the ``--quick`` run produces a complete JSON report (so the script never rots).
+
+The quick run takes ~20-40 s on two shared cores (a subprocess; it spawns two more for memory).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import train_step as ts  # noqa: E402
+from benchmarks.imperative_quartznet import quartznet_ctc  # noqa: E402
+
+
+def test_imperative_module_has_fctc_state_dict_keys():
+    """fctc's params and buffers load into the nn.Module by key, strictly, shapes included."""
+    weights = ts.initial_weights("tiny")
+    module = quartznet_ctc("tiny", ts.NUM_CLASSES, ts.FEAT_IN)
+    assert set(module.state_dict()) == set(weights)
+    module.load_state_dict(weights, strict=True)
+    for k, v in module.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+
+
+@pytest.mark.parametrize("config, encoder_params", [("5x5", 6_683_456), ("15x5", 18_894_656)])
+def test_full_size_models_have_quartznets_parameter_counts(config, encoder_params):
+    """The full-width baselines are QuartzNet 5x5 / 15x5 (fctc's documented counts at feat_in 64;
+    fctc's own init of these sizes is slow, so the keys are checked on the tiny model above)."""
+    module = quartznet_ctc(config, ts.NUM_CLASSES, ts.FEAT_IN)
+    assert sum(p.numel() for p in module.encoder.parameters()) == encoder_params
+    assert sum(p.numel() for p in module.decoder.parameters()) == 1024 * ts.NUM_CLASSES + ts.NUM_CLASSES
+
+
+def test_lr_schedule_matches_fctc():
+    """The LambdaLR of the baseline and fctc's warmup_cosine_decay_schedule agree."""
+    schedule = ts.fo.warmup_cosine_decay_schedule(
+        ts.INIT_LR, ts.PEAK_LR, ts.WARMUP_STEPS, ts.DECAY_STEPS
+    )
+    for count in [0, 1, ts.WARMUP_STEPS - 1, ts.WARMUP_STEPS, 500, ts.DECAY_STEPS, 20_000]:
+        got = float(schedule(torch.tensor(count, dtype=torch.int32)))
+        assert math.isclose(got, ts.lr_at(count), rel_tol=1e-5, abs_tol=1e-12), count
+
+
+def test_micro_bounds_cover_the_batch():
+    assert ts.micro_bounds(10, 4) == [(0, 2), (2, 5), (5, 8), (8, 10)]
+    assert ts.micro_bounds(4, 1) == [(0, 4)]
+
+
+def test_quick_run_writes_complete_json(tmp_path):
+    out = tmp_path / "results.json"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--quick", "--threads", "1",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "| torch eager fp32 |" in res.stdout
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "train_step"
+    for key in ("cpu", "logical_cpus", "torch_threads", "torch", "loadavg_start"):
+        assert key in data["machine"]
+    # the same weights and batches: two steps of both sides agree to float rounding
+    parity = data["parity_fp32"]
+    assert parity["max_rel_loss_diff"] < 1e-5
+    assert parity["max_abs_weight_diff"] < 2 * parity["lr_sum"]
+    rows = {r["name"]: r for r in data["rows"]}
+    assert set(rows) == {
+        "torch eager fp32", "fctc eager fp32", "torch eager fp16", "fctc eager fp16",
+        "torch eager fp32 accum4", "fctc eager fp32 accum4",
+    }
+    for r in rows.values():
+        assert len(r["step_times_s"]) == data["timed_steps"] > 0
+        assert r["step_ms"] > 0 and r["utt_per_s"] > 0 and r["audio_s_per_s"] > 0
+        assert math.isclose(
+            r["speed_vs_ref"], rows[r["ref"]]["step_ms"] / r["step_ms"], rel_tol=1e-9
+        )
+    assert rows["torch eager fp32"]["speed_vs_ref"] == 1.0
+    assert rows["fctc eager fp32 accum4"]["ref"] == "fctc eager fp32"
+    for name in ("torch eager fp32", "fctc eager fp32"):
+        mem = rows[name]["memory"]
+        assert "error" not in mem, mem
+        assert mem["peak_mb"] > 0 and mem["setup_mb"] > 0 and mem["increase_mb"] is not None
+
+
+def test_train_steps_cheap_finite_check_is_exact():
+    """fctc.train.step._all_finite (a performance shortcut the benchmark exposed) answers what
+    fctc.tree.all_finite answers, overflowing sums of squares included."""
+    from fctc.train.step import _all_finite
+    from fctc.tree import all_finite
+
+    big = torch.full((8,), 1e30)  # finite, but its sum of squares overflows
+    cases = [
+        {"a": torch.randn(5), "b": torch.randn(2, 3)},
+        {"a": torch.randn(5), "b": torch.tensor([1.0, float("nan")])},
+        {"a": torch.tensor([float("inf")]), "b": torch.randn(3)},
+        {"a": torch.tensor([-float("inf")], dtype=torch.float16)},
+        {"a": big},
+        {"a": big, "b": torch.tensor([float("nan")])},
+        {},
+    ]
+    for tree in cases:
+        assert bool(_all_finite(tree)) == bool(all_finite(tree)), tree
+
