@@ -1,0 +1,128 @@
+"""Checkpoint folders: what ``fctc eval`` / ``transcribe`` need, and what ``--resume`` needs.
+
+A checkpoint folder holds
+
+* ``model.safetensors``: the parameters and buffers (keyed like the thunder ``state_dict``),
+  with JSON metadata: the run's whole configuration (its ``model`` section rebuilds the
+  model, front end included), the vocabulary, the sample rate and the step;
+* ``train_state.safetensors`` (in ``last/`` only): the whole :class:`fctc.train.TrainState`,
+  with the data position (epoch and batch), the best validation CER so far and the metrics
+  history in its metadata, so ``--resume`` continues bit for bit.
+
+Nothing is ever unpickled: safetensors and JSON only. A folder is written beside its
+destination and swapped in by renames, so an interruption while saving leaves the previous
+checkpoint (``<name>.old``, picked up automatically) rather than a mix of two.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from .. import checkpoint as _ckpt
+from .. import random as _random
+from ..nn.core import Model
+from ..text import Vocabulary
+from .recipe import build_model
+
+__all__ = [
+    "MODEL_FILE",
+    "TRAIN_STATE_FILE",
+    "LoadedModel",
+    "save_checkpoint_dir",
+    "resolve_checkpoint",
+    "load_checkpoint_model",
+]
+
+MODEL_FILE = "model.safetensors"
+TRAIN_STATE_FILE = "train_state.safetensors"
+
+
+class LoadedModel(NamedTuple):
+    """A model rebuilt from a checkpoint folder, ready for :func:`fctc.train.predict`."""
+
+    model: Model
+    params: Any
+    model_state: Any
+    vocabulary: Vocabulary
+    config: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+def save_checkpoint_dir(
+    path: str | os.PathLike,
+    params: Any,
+    model_state: Any,
+    model_metadata: dict[str, Any],
+    train_state: Any = None,
+    train_metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint folder at ``path`` (replacing any previous one as a whole)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    old = path.with_name(path.name + ".old")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    _ckpt.save_model(tmp / MODEL_FILE, params, model_state, model_metadata)
+    if train_state is not None:
+        _ckpt.save_train_state(tmp / TRAIN_STATE_FILE, train_state, train_metadata)
+    if path.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / MODEL_FILE).is_file()
+
+
+def resolve_checkpoint(path: str | os.PathLike, need_train_state: bool = False) -> Path:
+    """The checkpoint folder meant by ``path``: the folder itself, or in a run folder ``best/``
+    (for evaluation) or ``last/`` (for resuming, or when there is no best). A folder whose save
+    was interrupted is found under its ``.old`` name."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_file():
+        raise ValueError(
+            f"checkpoint {path} is a file; pass the folder that holds {MODEL_FILE} (or a run folder)"
+        )
+    order = ["last", "best"] if need_train_state else ["best", "last"]
+    candidates = [path] + [path / n for n in order]
+    candidates = [c for p in candidates for c in (p, p.with_name(p.name + ".old"))]
+    for c in candidates:
+        if _complete(c) and (not need_train_state or (c / TRAIN_STATE_FILE).is_file()):
+            return c
+    what = f"{TRAIN_STATE_FILE} (a resumable last/ checkpoint)" if need_train_state else MODEL_FILE
+    raise FileNotFoundError(
+        f"no checkpoint in {path}: expected {what} in it or in its best/ or last/ folder"
+    )
+
+
+def load_checkpoint_model(
+    path: str | os.PathLike, device: torch.device | str = "cpu"
+) -> LoadedModel:
+    """Rebuild the model saved in a checkpoint folder (or run folder) and load its weights."""
+    folder = resolve_checkpoint(path)
+    file = folder / MODEL_FILE
+    meta = _ckpt.read_metadata(file)["metadata"]
+    config = meta.get("config")
+    if not isinstance(config, dict) or "vocabulary" not in meta:
+        raise _ckpt.CheckpointError(
+            f"{file} has no fctc train configuration or vocabulary in its metadata; it was not "
+            "written by `fctc train` (load it with fctc.checkpoint.load_model instead)"
+        )
+    vocabulary = Vocabulary.from_dict(meta["vocabulary"])
+    model = build_model(config["model"], vocabulary)
+    template = model.init(_random.key(0))
+    params, model_state, meta = _ckpt.load_model(file, template, device=device)
+    return LoadedModel(model, params, model_state, vocabulary, config, meta)

@@ -1,0 +1,122 @@
+"""``fctc eval`` and ``fctc transcribe``, and the corpus evaluation shared with ``fctc train``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import data as _data
+from .. import tree as _tree
+from ..metrics import ErrorCounts, error_counts
+from ..train import make_eval_step, predict
+from .checkpoints import load_checkpoint_model
+
+__all__ = ["evaluate_dataset", "evaluate_manifest", "transcribe_files"]
+
+
+def evaluate_dataset(
+    eval_step,
+    params: Any,
+    model_state: Any,
+    dataset: Any,
+    device: torch.device,
+    *,
+    batch_size: int | None = None,
+    max_batch_seconds: float | None = None,
+    output: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Corpus-level loss, CER and WER of a model over a :class:`fctc.data.SpeechDataset`.
+
+    Batches follow the manifest order (bucketed by duration, no shuffling). With ``output``,
+    one JSON line per utterance (file, reference, prediction, its own CER and WER) is written
+    there. Returns ``{"cer", "wer", "loss", "n", "skipped", "char_edits", "chars",
+    "word_edits", "words"}``; ``loss`` is the mean per-utterance CTC loss.
+    """
+    batches = _data.bucket_batches(
+        dataset.durations, batch_size=batch_size, max_batch_seconds=max_batch_seconds,
+        shuffle=False,
+    )
+    counts = ErrorCounts()
+    loss_sum, n = 0.0, 0
+    rows: list[dict[str, Any]] = []
+    for plan in batches:
+        items = [dataset[i] for i in plan]
+        bad = [it for it in items if isinstance(it, _data.Skipped)]
+        if bad:
+            dataset.record_skipped(bad)
+        kept = [i for i, it in zip(plan, items) if not isinstance(it, _data.Skipped)]
+        if not kept:
+            continue
+        batch = dataset.collate([it for it in items if not isinstance(it, _data.Skipped)])
+        if device.type != "cpu":
+            batch = _tree.map(lambda x: x.to(device), batch)
+        out = eval_step(params, model_state, batch)
+        size = len(kept)
+        counts = counts + out.counts
+        loss_sum += float(out.loss) * size
+        n += size
+        if output is not None:
+            for i, hyp, ref in zip(kept, out.transcripts, out.references):
+                c = error_counts([hyp], [ref])
+                rows.append({
+                    "audio_filepath": str(dataset.utterances[i].audio_filepath),
+                    "reference": ref, "prediction": hyp, "cer": c.cer, "wer": c.wer,
+                })
+    skipped = dict(getattr(dataset, "skipped", {}) or {})
+    if output is not None:
+        with open(output, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return {
+        "cer": counts.cer,
+        "wer": counts.wer,
+        "loss": loss_sum / n if n else float("nan"),
+        "n": n,
+        "skipped": sum(skipped.values()) if skipped else 0,
+        **counts._asdict(),
+    }
+
+
+def evaluate_manifest(
+    checkpoint: str | os.PathLike,
+    manifest: str | os.PathLike,
+    device: torch.device,
+    *,
+    output: str | os.PathLike | None = None,
+    max_batch_seconds: float | None = 64.0,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint folder on a NeMo manifest: CER, WER, loss and counts."""
+    loaded = load_checkpoint_model(checkpoint, device)
+    utterances = _data.read_manifest(manifest)
+    dataset = _data.SpeechDataset(
+        utterances, loaded.vocabulary, sample_rate=int(loaded.metadata.get("sample_rate", 16000)),
+        on_error="skip",
+    )
+    eval_step = make_eval_step(loaded.model, loaded.vocabulary)
+    result = evaluate_dataset(
+        eval_step, loaded.params, loaded.model_state, dataset, device,
+        batch_size=batch_size, max_batch_seconds=None if batch_size else max_batch_seconds,
+        output=output,
+    )
+    return {"manifest": str(manifest), **result}
+
+
+def transcribe_files(
+    checkpoint: str | os.PathLike, files: list[str | os.PathLike], device: torch.device
+) -> list[str]:
+    """Greedy transcripts of audio files, one per file, with a checkpoint folder's model."""
+    loaded = load_checkpoint_model(checkpoint, device)
+    sample_rate = int(loaded.metadata.get("sample_rate", 16000))
+    out = []
+    for f in files:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"audio file {f} does not exist")
+        audio = _data.load_audio(f, sample_rate=sample_rate)
+        audio = torch.as_tensor(audio, dtype=torch.float32).to(device)
+        out.extend(predict(loaded.model, loaded.params, loaded.model_state, loaded.vocabulary, audio))
+    return out

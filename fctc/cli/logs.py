@@ -1,0 +1,120 @@
+"""Run logs: the metrics CSV, optional TensorBoard events, and the curves plot.
+
+Every row of ``metrics.csv`` is either a training row (the mean loss and gradient norm over
+the last ``log_every`` steps, the learning rate, utterances per second) or a validation row
+(loss, CER, WER); the columns of the other kind are left empty. The history also travels in
+the resumable checkpoint, so ``--resume`` rewrites the CSV exactly as it stood at the
+checkpoint and appends from there.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COLUMNS", "MetricsLog", "plot_curves", "tensorboard_available"]
+
+COLUMNS = (
+    "step", "epoch", "kind", "elapsed_s", "loss", "grad_norm", "lr", "utterances_per_s",
+    "nonfinite", "val_loss", "val_cer", "val_wer",
+)
+
+
+def tensorboard_available() -> bool:
+    """True when ``torch.utils.tensorboard`` and the ``tensorboard`` package import."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+class MetricsLog:
+    """Append-only metrics of a run: ``metrics.csv`` in ``out_dir``, TensorBoard when available.
+
+    ``history`` (rows from a checkpoint) is written out first, replacing the file, so a resumed
+    run's CSV holds exactly the rows up to its checkpoint.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, history: list[dict[str, Any]] | None = None,
+                 tensorboard: bool = True):
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / "metrics.csv"
+        self.rows: list[dict[str, Any]] = [dict(r) for r in (history or [])]
+        with open(self.path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow(self._cells(row))
+        self._tb = None
+        if tensorboard and tensorboard_available():
+            from torch.utils.tensorboard import SummaryWriter
+
+            start = int(self.rows[-1]["step"]) + 1 if self.rows else 0
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=start)
+
+    @staticmethod
+    def _cells(row: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for c in COLUMNS:
+            v = row.get(c)
+            if isinstance(v, float):
+                v = f"{v:.6g}" if math.isfinite(v) else str(v)
+            out[c] = "" if v is None else v
+        return out
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Record one row (keys from :data:`COLUMNS`) in the history, the CSV and TensorBoard."""
+        unknown = sorted(set(row) - set(COLUMNS))
+        if unknown:
+            raise ValueError(f"MetricsLog: unknown columns {unknown}; allowed: {list(COLUMNS)}")
+        self.rows.append(dict(row))
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, fieldnames=COLUMNS).writerow(self._cells(row))
+        if self._tb is not None:
+            step = int(row["step"])
+            for name in ("loss", "grad_norm", "lr", "utterances_per_s", "val_loss", "val_cer", "val_wer"):
+                v = row.get(name)
+                if v is not None:
+                    tag = f"validation/{name[4:]}" if name.startswith("val_") else f"train/{name}"
+                    self._tb.add_scalar(tag, float(v), step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        """Flush and close TensorBoard (the CSV is written row by row)."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Save a PNG of the training/validation loss and the validation CER/WER against steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in rows if r.get("kind") == "train" and r.get("loss") is not None]
+    val = [r for r in rows if r.get("kind") == "validation"]
+    fig, (ax_loss, ax_err) = plt.subplots(1, 2, figsize=(10, 4))
+    if train:
+        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
+    if val:
+        ax_loss.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
+        ax_err.plot([r["step"] for r in val], [100 * r["val_cer"] for r in val], "o-", label="CER")
+        ax_err.plot([r["step"] for r in val], [100 * r["val_wer"] for r in val], "s--", label="WER")
+    ax_loss.set(xlabel="step", ylabel="CTC loss", title="loss")
+    ax_loss.set_yscale("log" if train and min(r["loss"] for r in train) > 0 else "linear")
+    ax_err.set(xlabel="step", ylabel="error rate (%)", title="validation error rates")
+    for ax in (ax_loss, ax_err):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

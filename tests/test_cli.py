@@ -1,0 +1,482 @@
+"""The ``fctc`` command line: train / eval / transcribe, checkpoints, exact resume, Ctrl-C, config.
+
+Every run uses a tiny model on a few bundled utterances (``data.limit``), so the whole file
+takes seconds of compute; the runs that several tests look at are shared module fixtures.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import fctc
+import fctc.testing
+from fctc import data
+from fctc.cli import build_parser, main
+from fctc.cli import logs as cli_logs
+from fctc.cli.checkpoints import load_checkpoint_model, resolve_checkpoint, save_checkpoint_dir
+from fctc.cli.config import REPLACED_WHOLE, ConfigError, default_config, load_config, merge_config
+from fctc.cli.features import FeatureCache, augment_features, cached_front_end, random_warp
+from fctc.cli.progress import Progress
+from fctc.cli.recipe import (
+    augmented_front_end,
+    build_front_end,
+    build_model,
+    build_optimizer,
+    build_vocabulary,
+    count_parameters,
+    output_frames,
+    total_updates,
+)
+from fctc.cli.train import INTERRUPTED_EXIT, default_out_dir, resolve_device
+
+TINY = {
+    "data": {"limit": 12, "max_batch_seconds": 6.0},
+    "model": {
+        "encoder": {
+            "filters": [8], "kernel_sizes": [5], "repeat": 1, "stem_filters": 8,
+            "stem_kernel": 5, "final_filters": [8, 8], "final_kernel": 5,
+        },
+        "front_end": {"nfilt": 16},
+        "spec_augment": {"freq_masks": 1, "freq_width": 4, "time_masks": 1, "time_width": 0.05},
+    },
+    "training": {"max_steps": 4, "log_every": 1, "eval_every": 2, "checkpoint_every": 1},
+}
+STEPS = TINY["training"]["max_steps"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_torch_threads():
+    """``fctc train`` sets torch's thread count (config ``threads``); give other tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _write(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    return _write(tmp_path_factory.mktemp("cfg") / "tiny.yaml", TINY)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, tiny_config):
+    """A complete tiny run: ``(run folder, exit status, stdout)``."""
+    out = tmp_path_factory.mktemp("runs") / "straight"
+    import io
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        rc = main(["train", "--config", str(tiny_config), "--out", str(out), "--no-progress"])
+    return out, rc, buf.getvalue()
+
+
+def _tensors(folder: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
+    return load_file(str(folder / name))
+
+
+def _train_rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- fctc train ------------------------------------------------------------------------------
+
+
+def test_train_writes_metrics_checkpoints_plot_and_test_results(straight_run):
+    out, rc, stdout = straight_run
+    assert rc == 0
+    rows = _train_rows(out)
+    assert list(rows[0]) == list(cli_logs.COLUMNS)
+    train = [r for r in rows if r["kind"] == "train"]
+    val = [r for r in rows if r["kind"] == "validation"]
+    assert [int(r["step"]) for r in train] == list(range(1, STEPS + 1))
+    assert [int(r["step"]) for r in val] == [2, 4]
+    assert all(math.isfinite(float(r["loss"])) and float(r["utterances_per_s"]) > 0 for r in train)
+    assert all(0.0 <= float(r["val_cer"]) for r in val)
+    assert (out / "last" / "train_state.safetensors").is_file()
+    assert (out / "best" / "model.safetensors").is_file()
+    assert (out / "config.yaml").is_file()
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = json.loads((out / "test_results.json").read_text())
+    assert json.loads(stdout.strip().splitlines()[-1]) == result
+    assert {"cer", "wer", "n", "loss", "step"} <= set(result) and result["n"] > 0
+    lines = (out / "test_predictions.jsonl").read_text().splitlines()
+    assert len(lines) == result["n"]
+    # best/ holds the step with the lowest validation CER (ties keep the earlier one).
+    best_step = min(val, key=lambda r: float(r["val_cer"]))["step"]
+    assert result["step"] == int(best_step)
+
+
+def test_checkpoint_metadata_rebuilds_the_model(straight_run):
+    out, _, _ = straight_run
+    loaded = load_checkpoint_model(out / "last")
+    assert loaded.config["model"]["front_end"] == {"nfilt": 16}
+    assert loaded.metadata["step"] == STEPS
+    assert loaded.vocabulary.itos[:27] == list(fctc.corpus.CHARACTERS)
+    model_file = _tensors(out / "last")
+    state_file = _tensors(out / "last", "train_state.safetensors")
+    names = [k for k in state_file if k.startswith("params.")]
+    assert names and all(torch.equal(model_file[k], state_file[k]) for k in names)
+    flat = dict(zip(fctc.checkpoint.leaf_names(loaded.params), fctc.tree.leaves(loaded.params)))
+    assert all(torch.equal(flat[k[len("params."):]], state_file[k]) for k in names)
+
+
+def test_eval_prints_one_json_line_and_writes_per_utterance_results(straight_run, tmp_path, capsys):
+    out, _, _ = straight_run
+    manifest = tmp_path / "few.jsonl"
+    lines = data.bundled_manifests()["test"].read_text().splitlines()[:5]
+    base = data.bundled_manifests()["test"].parent
+    rows = [json.loads(line) for line in lines]
+    for r in rows:
+        r["audio_filepath"] = str(base / r["audio_filepath"])
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = tmp_path / "results.jsonl"
+    rc = main(["eval", "--checkpoint", str(out), "--manifest", str(manifest),
+               "--output", str(results), "--device", "cpu"])
+    assert rc == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1
+    result = json.loads(printed[0])
+    assert result["n"] == 5 and 0 <= result["cer"] and 0 <= result["wer"]
+    per = [json.loads(x) for x in results.read_text().splitlines()]
+    assert len(per) == 5
+    assert sorted(p["reference"] for p in per) == sorted(r["text"] for r in rows)
+    counts = fctc.metrics.error_counts([p["prediction"] for p in per], [p["reference"] for p in per])
+    assert result["cer"] == pytest.approx(counts.cer)
+    # transcribe gives, file by file, the transcripts eval scored.
+    files = [p["audio_filepath"] for p in per[:2]]
+    assert main(["transcribe", "--checkpoint", str(out), *files, "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines() == [p["prediction"] for p in per[:2]]
+
+
+def _interrupt_at(monkeypatch, at_step: int) -> None:
+    """Send this process a real SIGINT once the loop reports step ``at_step``."""
+    original = Progress.update
+
+    def update(self, step):
+        original(self, step)
+        if step == at_step:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(Progress, "update", update)
+
+
+def test_interrupt_then_resume_is_bit_identical(straight_run, tiny_config, tmp_path, monkeypatch):
+    straight, _, _ = straight_run
+    out = tmp_path / "resumed"
+    _interrupt_at(monkeypatch, 1)  # mid-epoch, between checkpoints
+    rc = main(["train", "--config", str(tiny_config), "--out", str(out), "--no-progress"])
+    assert rc == INTERRUPTED_EXIT
+    meta = fctc.checkpoint.read_metadata(out / "last" / "train_state.safetensors")["metadata"]
+    assert meta["step"] == 1 and (meta["epoch"], meta["batch"]) == (0, 1)
+    assert not (out / "test_results.json").exists()
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 0
+    for name in ("model.safetensors", "train_state.safetensors"):
+        a, b = _tensors(straight / "last", name), _tensors(out / "last", name)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}: {k} differs after resuming"
+    ra, rb = _train_rows(straight), _train_rows(out)
+    assert [(r["step"], r["kind"], r["loss"], r["lr"], r["val_cer"]) for r in ra] == [
+        (r["step"], r["kind"], r["loss"], r["lr"], r["val_cer"]) for r in rb
+    ]
+    a = json.loads((straight / "test_results.json").read_text())
+    b = json.loads((out / "test_results.json").read_text())
+    assert (a["cer"], a["wer"], a["step"]) == (b["cer"], b["wer"], b["step"])
+
+
+def test_real_sigint_saves_a_resumable_checkpoint(tiny_config, tmp_path):
+    """Ctrl-C on the real program (a subprocess) saves last/ and exits with status 130."""
+    config = yaml.safe_load(tiny_config.read_text())
+    config["training"].update(max_steps=100_000, eval_every=100_000, checkpoint_every=100_000)
+    path = _write(tmp_path / "long.yaml", config)
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fctc", "train", "--config", str(path), "--out", str(out),
+         "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if (out / "metrics.csv").exists() and len(_train_rows(out)) >= 2:
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == INTERRUPTED_EXIT, stderr
+    assert f"--resume {out}" in stderr
+    meta = fctc.checkpoint.read_metadata(out / "last" / "train_state.safetensors")["metadata"]
+    assert meta["step"] >= 2 and len(meta["history"]) == meta["step"]
+
+
+def test_resume_a_finished_run_only_reevaluates(straight_run, tmp_path, capsys):
+    out, _, _ = straight_run
+    before = _tensors(out / "last")
+    assert main(["train", "--resume", str(out / "last"), "--no-progress"]) == 0
+    after = _tensors(out / "last")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] > 0
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def _deep_update(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.mark.parametrize(
+    "config, named",
+    [
+        ({"trainig": {}}, "['trainig']"),
+        ({"data": {"max_batch_secs": 3}}, "['max_batch_secs']"),
+        ({"model": {"encoder": {"filter": [8]}}}, "['filter']"),
+        ({"model": {"front_end": {"n_mels": 40}}}, "['n_mels']"),
+        ({"model": {"spec_augment": {"masks": 2}}}, "['masks']"),
+        ({"optimizer": {"name": "lamb"}}, "'lamb'"),
+        ({"schedule": {"name": "step"}}, "'step'"),
+    ],
+)
+def test_config_errors_name_the_bad_key(tmp_path, capsys, config, named):
+    path = _write(tmp_path / "bad.yaml", _deep_update(TINY, config))
+    rc = main(["train", "--config", str(path), "--out", str(tmp_path / "run"), "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "error" in err and named in err
+
+
+def test_usage_errors(straight_run, tiny_config, tmp_path, capsys):
+    out, _, _ = straight_run
+    assert main(["train", "--config", str(tiny_config), "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(out), "--config", str(tiny_config)]) == 2
+    assert "saved configuration" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "train_state" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(out), "--manifest", str(tmp_path / "no.jsonl")]) == 2
+    assert "no.jsonl" in capsys.readouterr().err
+    assert main(["transcribe", "--checkpoint", str(tmp_path), "x.flac"]) == 2
+    assert "model.safetensors" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([])
+
+
+def test_python_dash_m_runs_the_same_program():
+    proc = subprocess.run([sys.executable, "-m", "fctc", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "train" in proc.stdout and "transcribe" in proc.stdout
+
+
+# -- building blocks -------------------------------------------------------------------------
+
+
+def test_default_config_is_the_schema_and_builds():
+    config = default_config()
+    assert load_config() == config
+    assert {"model", "optimizer", "schedule", "data", "training", "vocabulary"} <= set(config)
+    vocab = build_vocabulary(config, [])
+    model = build_model(config["model"], vocab)
+    params, _ = model.init(fctc.random.key(0))
+    assert 20_000 < count_parameters(params) < 1_000_000
+
+
+def test_merge_config_merges_sections_and_replaces_kwargs_sections():
+    base = default_config()
+    merged = merge_config(base, {"training": {"epochs": 3}, "model": {"encoder": {"filters": [8]}}})
+    assert merged["training"]["epochs"] == 3
+    assert merged["training"]["log_every"] == base["training"]["log_every"]
+    assert merged["model"]["encoder"] == {"filters": [8]}
+    assert merge_config(base, {"model": {"spec_augment": None}})["model"]["spec_augment"] is None
+    assert base == default_config()  # inputs untouched
+    assert "model.encoder" in REPLACED_WHOLE
+    with pytest.raises(ConfigError, match=r"'bogus'.*data"):
+        merge_config(base, {"data": {"bogus": 1}})
+    with pytest.raises(ConfigError, match="mapping"):
+        merge_config(base, {"data": 3})
+
+
+def test_build_vocabulary_from_transcripts_or_tokens():
+    config = default_config()
+    config["vocabulary"]["tokens"] = None
+    vocab = build_vocabulary(config, ["ba", "ab c"])
+    assert vocab.itos == [" ", "a", "b", "c", "<blank>"]
+    config["vocabulary"]["tokens"] = "xy"
+    assert build_vocabulary(config, []).itos == ["x", "y", "<blank>"]
+    config["vocabulary"]["tokens"] = None
+    with pytest.raises(ConfigError, match="tokens"):
+        build_vocabulary(config, [])
+
+
+def test_optimizer_schedules_and_accumulation():
+    config = default_config()
+    tx, schedule = build_optimizer(config, 100)
+    lr = config["optimizer"]["learning_rate"]
+    assert float(schedule(torch.tensor(0))) == 0.0
+    assert float(schedule(torch.tensor(10))) == pytest.approx(lr, rel=1e-5)
+    config["schedule"]["name"] = "onecycle"
+    _, onecycle = build_optimizer(config, 100)
+    assert float(onecycle(torch.tensor(0))) == pytest.approx(lr / 25, rel=1e-5)  # float32
+    config["schedule"]["name"] = "constant"
+    config["optimizer"]["name"] = "sgd"
+    config["training"]["accumulate_batches"] = 2
+    tx, constant = build_optimizer(config, 100)
+    params = {"w": torch.ones(2)}
+    state = tx.init(params)
+    updates, state = tx.update({"w": torch.ones(2)}, state, params)
+    assert torch.equal(updates["w"], torch.zeros(2))  # the first of two accumulated batches
+    updates, state = tx.update({"w": torch.ones(2)}, state, params)
+    assert torch.allclose(updates["w"], torch.full((2,), -lr / math.sqrt(2)))  # clipped to norm 1
+    assert total_updates(5, 2) == 3
+    with pytest.raises(ConfigError):
+        build_optimizer(config, 0)
+
+
+def test_output_frames_matches_the_model():
+    config = default_config()
+    frames = output_frames(config["model"])
+    vocab = build_vocabulary(config, [])
+    model = build_model(config["model"], vocab)
+    params, state = model.init(fctc.random.key(0))
+    audio = torch.zeros(1, 16000)
+    (logits, lengths), _ = model.apply(params, state, audio, torch.tensor([12345]))
+    assert int(lengths[0]) == frames(12345)
+
+
+def test_front_end_variants_agree_in_evaluation():
+    config = default_config()
+    front = build_front_end(config["model"])
+    _, state = front.init(None)
+    audio, lengths = torch.randn(2, 4000), torch.tensor([4000, 3000])
+    (x, xl), _ = front.apply({}, state, audio, lengths)
+    augmented = augmented_front_end(front, config["model"]["spec_augment"])
+    (y, yl), _ = augmented.apply({}, state, audio, lengths, train=False)
+    assert torch.equal(x, y) and torch.equal(xl, yl)
+    (z, _), _ = augmented.apply({}, state, audio, lengths, train=True, key=fctc.random.key(1))
+    assert (z == 0).sum() > (x == 0).sum()  # SpecAugment masked something
+    cached = cached_front_end(front, config["model"]["spec_augment"])
+    (c, cl), _ = cached.apply({}, state, x, xl, train=False)
+    assert c is x and cl is xl
+    (c, _), _ = cached.apply({}, state, x, xl, train=True, key=fctc.random.key(1))
+    assert c.shape == x.shape and (c == 0).sum() > (x == 0).sum()
+
+
+def test_random_warp_stretches_time_and_warps_features():
+    x, lengths = torch.randn(3, 8, 20), torch.tensor([20, 11, 1])
+    x = fctc.testing.fill_padding(x, lengths, "zeros")
+    same, same_lengths = random_warp(fctc.random.key(0), x, lengths)
+    assert torch.equal(same_lengths, lengths)
+    torch.testing.assert_close(same, x[:, :, : int(lengths.max())])
+    y, y_lengths = fctc.testing.assert_pure(
+        random_warp, fctc.random.key(1), x, lengths, time_stretch=0.2, freq_warp=0.1
+    )
+    ratio = y_lengths.float() / lengths.float()
+    assert ((ratio > 0.75) & (ratio < 1.25)).all() and int(y_lengths[2]) == 1
+    assert y.shape == (3, 8, int(y_lengths.max()))
+    assert not y[~_valid(y_lengths, y.shape[-1])].any()
+    # The first and last valid frames are kept (up to the feature warp), so a 1-frame
+    # example stays itself in time.
+    z, _ = random_warp(fctc.random.key(1), x, lengths, time_stretch=0.2)
+    torch.testing.assert_close(z[:, :, 0], x[:, :, 0])
+    both, both_lengths = augment_features(fctc.random.key(2), x, lengths, {"time_stretch": 0.2},
+                                          {"time_masks": 1, "freq_masks": 1, "freq_width": 2})
+    assert both.shape[-1] == int(both_lengths.max())
+    assert torch.equal(augment_features(fctc.random.key(2), x, lengths, None, None)[0], x)
+
+
+def _valid(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    mask = torch.arange(size)[None, :] < lengths[:, None]
+    return mask[:, None, :].expand(-1, 8, -1)
+
+
+def test_feature_cache_batches_hold_each_utterance_features():
+    config = default_config()
+    vocab = build_vocabulary(config, [])
+    ds = data.SpeechDataset(data.read_manifest(data.bundled_manifests()["validation"])[:3], vocab)
+    front = build_front_end({"front_end": {"nfilt": 16}})
+    _, state = front.init(None)
+    cache = FeatureCache(ds, front, state)
+    batches = list(cache.iterate([[0, 2], [1]], start=1))
+    assert [pos for _, pos in batches] == [2]
+    batch = cache.batch([0, 2])
+    for row, i in enumerate([0, 2]):
+        audio, target = ds[i]
+        (x, xl), _ = front.apply({}, state, audio[None], torch.tensor([audio.shape[0]]))
+        assert int(batch.audio_lengths[row]) == int(xl[0])
+        assert torch.equal(batch.audio[row, :, : int(xl[0])], x[0, :, : int(xl[0])])
+        assert torch.equal(batch.targets[row, : len(target)], target)
+
+
+def test_metrics_log_plot_and_history(tmp_path):
+    log = cli_logs.MetricsLog(tmp_path, tensorboard=False)
+    log.append({"step": 1, "epoch": 0, "kind": "train", "loss": 2.0, "lr": 1e-3})
+    log.append({"step": 1, "epoch": 0, "kind": "validation", "val_loss": 1.5, "val_cer": 0.5,
+                "val_wer": 0.9})
+    with pytest.raises(ValueError, match="bogus"):
+        log.append({"step": 2, "bogus": 1})
+    resumed = cli_logs.MetricsLog(tmp_path, history=log.rows[:1], tensorboard=False)
+    assert len(_train_rows(tmp_path)) == 1
+    resumed.close()
+    png = cli_logs.plot_curves(log.rows, tmp_path / "c.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert isinstance(cli_logs.tensorboard_available(), bool)
+
+
+def test_checkpoint_folders_swap_whole_and_resolve(tmp_path):
+    params, state = {"w": torch.ones(2)}, {"b": torch.zeros(1)}
+    folder = save_checkpoint_dir(tmp_path / "run" / "last", params, state, {"x": 1}, params, {})
+    save_checkpoint_dir(folder, {"w": torch.full((2,), 2.0)}, state, {"x": 2})
+    assert not (tmp_path / "run" / "last.tmp").exists() and not (tmp_path / "run" / "last.old").exists()
+    assert not (folder / "train_state.safetensors").exists()  # replaced as a whole
+    assert resolve_checkpoint(tmp_path / "run") == folder
+    with pytest.raises(FileNotFoundError, match="train_state"):
+        resolve_checkpoint(tmp_path / "run", need_train_state=True)
+    with pytest.raises(fctc.checkpoint.CheckpointError, match="fctc train"):
+        load_checkpoint_model(folder)
+
+
+def test_devices_out_dirs_and_progress():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ConfigError, match="tpu"):
+        resolve_device("tpu")
+    assert default_out_dir().parent == Path("runs")
+    bar = Progress(3, enabled=False)
+    bar.update(2)
+    bar.postfix(loss=1.0, lr=0.1, utt_s=3.0)
+    bar.close()
+
+
+@pytest.mark.skipif(not cli_logs.tensorboard_available(), reason="tensorboard is not installed")
+def test_metrics_log_writes_tensorboard_events(tmp_path):
+    log = cli_logs.MetricsLog(tmp_path, tensorboard=True)
+    log.append({"step": 1, "epoch": 0, "kind": "train", "loss": 2.0, "lr": 1e-3})
+    log.close()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
