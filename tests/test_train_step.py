@@ -78,6 +78,15 @@ def test_in_step_accumulation_equals_full_batch(k, batch, seed):
     torch.testing.assert_close(m_acc["grad_norm"], m_full["grad_norm"], rtol=1e-4, atol=1e-6)
 
 
+def test_batch_smaller_than_accum_steps_takes_one_micro_batch_per_utterance():
+    model = tiny_model()
+    data = tiny_batch(3, batch=3)
+    full = make_train_step(model, optim.sgd(0.5), blank=BLANK)
+    acc = make_train_step(model, optim.sgd(0.5), blank=BLANK, accum_steps=8)
+    state = full.init_state(random.key(0))
+    assert_trees_allclose(acc(state, data)[0].params, full(state, data)[0].params, rtol=1e-5, atol=1e-6)
+
+
 def test_multisteps_across_calls_equals_one_large_batch():
     """fctc.optim.MultiSteps over k calls of B/k utterances == one call on all B."""
     model = tiny_model()
@@ -186,8 +195,8 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="blank"):
         make_train_step(model, optim.sgd(0.1))
     step = make_train_step(model, optim.sgd(0.1), blank=BLANK, accum_steps=9)
-    with pytest.raises(ValueError, match="accum_steps=9"):
-        step(step.init_state(random.key(0)), tiny_batch(0, batch=4))
+    with pytest.raises(ValueError, match="batch is empty"):
+        step(step.init_state(random.key(0)), fctc.tree.map(lambda x: x[:0], tiny_batch(0)))
     with pytest.raises(TypeError, match="TrainState"):
         step({"params": {}}, tiny_batch(0))
 

@@ -69,10 +69,15 @@ def _batch_size(batch: Any) -> int:
 
 
 def _micro_batches(batch: Any, k: int) -> list[tuple[Any, float]]:
-    """Split a batch along dim 0 into ``k`` micro-batches, each with weight ``size / B``."""
+    """Split a batch along dim 0 into ``k`` micro-batches, each with weight ``size / B``.
+
+    A batch of fewer than ``k`` utterances (the last of an epoch, a small bucket) is split
+    into one micro-batch per utterance.
+    """
     size = _batch_size(batch)
-    if k < 1 or k > size:
-        raise ValueError(f"accum_steps={k} must lie in [1, batch size {size}]")
+    if size < 1:
+        raise ValueError("train_step: the batch is empty")
+    k = min(k, size)
     bounds = [round(i * size / k) for i in range(k + 1)]
     return [
         (_tree.map(lambda x, a=a, b=b: x[a:b], batch), (b - a) / size)
@@ -296,6 +301,7 @@ def make_train_step(
         weighted by micro-batch size, inside the step: the update equals the full batch's for
         a batch-mean loss and a model without batch statistics (BatchNorm sees each
         micro-batch alone, as it would in smaller batches). Peak memory is one micro-batch's.
+        A batch of fewer utterances is split into one micro-batch per utterance.
       precision: "fp32", "bf16" (autocast) or "fp16" (autocast plus dynamic loss scaling:
         the loss is scaled, gradients unscaled before the transformation chain, so before
         clipping, and a step with non-finite gradients is skipped, as GradScaler does).
