@@ -324,4 +324,5 @@ class FunctionalModule(nn.Module):
         return _IncompatibleKeys(missing, unexpected)
 
     def extra_repr(self) -> str:
+        """The parameter count and number of buffers, shown by ``print(module)``."""
         return f"parameters={_tree.size(self._live()[0])}, buffers={len(self._fctc_paths[1])}"
