@@ -34,6 +34,7 @@ __all__ = [
     "paths",
     "size",
     "all_finite",
+    "select",
 ]
 
 PyTree = Any
@@ -139,17 +140,62 @@ def cast(tree: PyTree, dtype: torch.dtype, only_floating: bool = True) -> PyTree
     return map(_cast, tree)
 
 
-def all_finite(tree: PyTree) -> torch.Tensor:
+def _eager_on_cpu(xs: list) -> bool:
+    """True outside tracing when every tensor lives on the CPU: reading one back to the host
+    then costs no device synchronisation."""
+    from .backend import is_tracing
+
+    return not is_tracing() and all(x.device.type == "cpu" for x in xs)
+
+
+def all_finite(tree: PyTree, norm: torch.Tensor | None = None) -> torch.Tensor:
     """A boolean scalar tensor: True when every floating leaf is free of NaN and Inf.
 
-    No host synchronisation: the answer stays a tensor.
+    On accelerators and under tracing there is no host synchronisation: one ``isfinite``
+    reduction per leaf, and the answer stays a tensor. Eagerly on the CPU, a finite global
+    2-norm (``norm`` when the caller already has it, else computed here) proves every element
+    finite, since a NaN or Inf anywhere makes the sum of squares NaN or Inf: one reduction
+    over all leaves instead of one mask per leaf. Only a non-finite norm (a bad element, or a
+    sum of squares that overflowed) falls back to the element-wise check. Same answer always.
     """
     xs = [x for x in leaves(tree) if x.is_floating_point()]
     if not xs:
         return torch.ones((), dtype=torch.bool)
+    if _eager_on_cpu(xs):
+        if norm is None:
+            norm = global_norm(xs)
+        if bool(torch.isfinite(norm)):
+            return torch.ones((), dtype=torch.bool)
     device = xs[0].device
     checks = [torch.isfinite(x).all().to(device) for x in xs]
     return torch.stack(checks).all()
+
+
+def select(pred: torch.Tensor, on_true: PyTree, on_false: PyTree) -> PyTree:
+    """Leaf-wise ``torch.where(pred, on_true, on_false)`` for a boolean scalar ``pred``.
+
+    The result keeps ``on_false``'s dtypes and devices, and its non-tensor leaves come from
+    ``on_false``; NaN in the side not chosen never leaks into the result. Eagerly with a CPU
+    ``pred`` the choice is made once on the host and the chosen leaves come back as they are
+    (no copy of a whole parameter or optimiser-state tree); on accelerators and under tracing
+    a ``torch.where`` per leaf keeps the caller free of host synchronisations.
+    """
+    a, spec = flatten(on_true)
+    b = spec.flatten_up_to(on_false)
+    take_true = bool(pred) if _eager_on_cpu([pred]) else None
+    out = []
+    for x, y in zip(a, b):
+        if not isinstance(y, torch.Tensor):
+            out.append(y)
+            continue
+        if take_true is False:
+            out.append(y)
+            continue
+        x = torch.as_tensor(x, device=y.device)
+        if take_true is None:
+            x = torch.where(pred.to(y.device), x, y)
+        out.append(x.to(y.dtype))
+    return unflatten(spec, out)
 
 
 def size(tree: PyTree) -> int:

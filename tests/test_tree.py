@@ -232,3 +232,39 @@ def test_unflatten_dict_conflicts():
         tree.unflatten_dict({"a.b": 2, "a": 1})
     assert tree.unflatten_dict({}) == {}
     assert tree.unflatten_dict({"a/b": 1}, sep="/") == {"a": {"b": 1}}
+
+
+def test_all_finite_cpu_shortcut_is_exact():
+    """The eager CPU path (one global norm instead of a mask per leaf) answers what the
+    element-wise check answers, overflowing sums of squares included, with or without a
+    precomputed norm."""
+    import fctc.tree as T
+
+    big = torch.full((8,), 1e30)  # finite, but its sum of squares overflows
+    cases = [
+        {"a": torch.randn(5), "b": torch.randn(2, 3)},
+        {"a": torch.randn(5), "b": torch.tensor([1.0, float("nan")])},
+        {"a": torch.tensor([float("inf")]), "b": torch.randn(3)},
+        {"a": torch.tensor([-float("inf")], dtype=torch.float16)},
+        {"a": big},
+        {"a": big, "b": torch.tensor([float("nan")])},
+        {},
+    ]
+    for tree in cases:
+        exact = all(bool(torch.isfinite(x).all()) for x in T.leaves(tree))
+        assert bool(T.all_finite(tree)) == exact, tree
+        if tree:
+            assert bool(T.all_finite(tree, T.global_norm(tree))) == exact, tree
+
+
+def test_select_keeps_false_side_dtypes_and_never_leaks_nan():
+    import fctc.tree as T
+
+    new = {"w": torch.tensor([float("nan"), 1.0]), "n": torch.tensor(3, dtype=torch.int64), "s": 5}
+    old = {"w": torch.tensor([2.0, 2.0], dtype=torch.float64), "n": torch.tensor(1, dtype=torch.int32), "s": 7}
+    for pred in (torch.tensor(False), torch.tensor([False]).reshape(())):
+        out = T.select(pred, new, old)
+        assert torch.equal(out["w"], old["w"]) and out["n"].dtype == torch.int32 and out["s"] == 7
+    out = T.select(torch.tensor(True), new, old)
+    assert out["w"].dtype == torch.float64 and torch.isnan(out["w"][0]) and int(out["n"]) == 3
+    assert out["s"] == 7  # non-tensor leaves always come from on_false

@@ -83,24 +83,6 @@ def _safe_increment(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x < _INT32_MAX, x + 1, x)
 
 
-def _select(pred: torch.Tensor, on_true: Any, on_false: Any) -> Any:
-    """Leaf-wise ``torch.where(pred, a, b)`` over two trees of the same structure.
-
-    The result keeps ``on_false``'s dtypes (the state's), and non-tensor leaves are taken from
-    ``on_false``; the unselected side may hold NaN without leaking into the result.
-    """
-    a, spec = _tree.flatten(on_true)
-    b = spec.flatten_up_to(on_false)
-    out = []
-    for x, y in zip(a, b):
-        if isinstance(y, torch.Tensor):
-            x = torch.as_tensor(x, device=y.device)
-            out.append(torch.where(pred.to(y.device), x, y).to(y.dtype))
-        else:
-            out.append(y)
-    return _tree.unflatten(spec, out)
-
-
 # --- masking and parameter groups -----------------------------------------------------------
 
 
@@ -470,13 +452,13 @@ class MultiSteps:
             # paying for an optimiser step (or a gradient all-reduce inside it) per micro-step.
             final_updates, new_inner = _tree.map(torch.zeros_like, updates), state.inner_opt_state
         zeros_like_final = _tree.map(torch.zeros_like, final_updates)
-        out_updates = _select(step_on, final_updates, zeros_like_final)
+        out_updates = _tree.select(step_on, final_updates, zeros_like_final)
         acc_out = [torch.where(emit, torch.zeros_like(a), a) for a in new_accs]
         new_state = MultiStepsState(
             mini_step=torch.where(keep, torch.remainder(_safe_increment(mini), k), mini),
             gradient_step=torch.where(step_on, _safe_increment(state.gradient_step), state.gradient_step),
-            inner_opt_state=_select(step_on, new_inner, state.inner_opt_state),
-            acc_grads=_select(keep, _tree.unflatten(spec, acc_out), state.acc_grads),
+            inner_opt_state=_tree.select(step_on, new_inner, state.inner_opt_state),
+            acc_grads=_tree.select(keep, _tree.unflatten(spec, acc_out), state.acc_grads),
             skip_state=skip_state,
         )
         return out_updates, new_state
@@ -528,12 +510,12 @@ def apply_if_finite(inner: GradientTransformation, max_consecutive_errors: int) 
         )
         apply = isfinite | (notfinite_count > max_consecutive_errors)
         new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra)
-        out = _select(apply, new_updates, _tree.map(torch.zeros_like, new_updates))
+        out = _tree.select(apply, new_updates, _tree.map(torch.zeros_like, new_updates))
         return out, ApplyIfFiniteState(
             notfinite_count=notfinite_count,
             last_finite=isfinite,
             total_notfinite=torch.where(isfinite, state.total_notfinite, _safe_increment(state.total_notfinite)),
-            inner_state=_select(apply, new_inner, state.inner_state),
+            inner_state=_tree.select(apply, new_inner, state.inner_state),
         )
 
     return GradientTransformation(init, update)

@@ -85,41 +85,6 @@ def _micro_batches(batch: Any, k: int) -> list[tuple[Any, float]]:
     ]
 
 
-def _select(pred: torch.Tensor, new: Any, old: Any) -> Any:
-    """``new`` where the boolean scalar ``pred`` holds, else ``old``.
-
-    Eagerly on the CPU the choice is made once on the host (reading a CPU tensor needs no
-    device synchronisation) and the chosen tree comes back as it is, which spares a full copy
-    of the parameters and optimiser state per step; on accelerators and under tracing a
-    ``torch.where`` per leaf keeps the step free of host synchronisations. Same values.
-    """
-    if pred.device.type == "cpu" and not backend.is_tracing():
-        return new if bool(pred) else old
-    return _tree.map(lambda n, o: torch.where(pred.to(n.device), n, o), new, old)
-
-
-def _all_finite(tree: Any, norm: torch.Tensor | None = None) -> torch.Tensor:
-    """``fctc.tree.all_finite(tree)``, cheaper eagerly on the CPU.
-
-    A finite global 2-norm (``norm``, or computed here) proves every element finite: an Inf
-    or NaN anywhere makes the sum of squares Inf or NaN. So eagerly on the CPU, where reading
-    the norm costs no device synchronisation, one reduction over the leaves replaces the
-    per-leaf ``isfinite`` masks; only a non-finite norm (a bad element, or a sum of squares
-    that overflowed) falls back to the exact element-wise check. Same answer either way.
-    """
-    xs = _tree.leaves(tree)
-    if (
-        xs
-        and not backend.is_tracing()
-        and all(x.device.type == "cpu" and x.is_floating_point() for x in xs)
-    ):
-        if norm is None:
-            norm = _tree.global_norm(tree)
-        if bool(torch.isfinite(norm)):
-            return torch.ones((), dtype=torch.bool)
-    return _tree.all_finite(tree)
-
-
 class TrainStep:
     """The pure train step built by :func:`make_train_step`; call it as ``step(state, batch)``.
 
@@ -225,7 +190,7 @@ class TrainStep:
         grad_norms = {n: _tree.global_norm(g) for n, g in grads.items()}
         finite = torch.stack([torch.isfinite(v) for v in losses.values()]).all()
         finite = finite & torch.stack(
-            [_all_finite(g, grad_norms[n]) for n, g in grads.items()]
+            [_tree.all_finite(g, grad_norms[n]) for n, g in grads.items()]
         ).all()
 
         txs = self.tx if self.routed else {_SINGLE: self.tx}
@@ -238,7 +203,7 @@ class TrainStep:
             # Checked after the chain too: a transformation that mixes in other processes'
             # gradients (fctc.distributed.all_reduce_gradients) makes every rank see the same
             # non-finite average, so all ranks skip the batch together.
-            finite = finite & _all_finite(updates)
+            finite = finite & _tree.all_finite(updates)
             new_groups[name] = apply_updates(params_g, updates)
         if self.routed:
             params = merge_groups(state.params, labels, new_groups)
@@ -246,9 +211,10 @@ class TrainStep:
         else:
             params, opt_state = new_groups[_SINGLE], new_opt[_SINGLE]
 
-        params = _select(finite, params, state.params)
-        opt_state = _select(finite, opt_state, state.opt_state)
-        model_state = _select(finite, model_state, state.model_state)
+        # On the CPU, eagerly, the choice is made on the host: no copy of the trees per step.
+        params = _tree.select(finite, params, state.params)
+        opt_state = _tree.select(finite, opt_state, state.opt_state)
+        model_state = _tree.select(finite, model_state, state.model_state)
         loss_scale = state.loss_scale
         if loss_scale is not None:
             loss_scale = self.loss_scale.adjust(loss_scale, finite)
