@@ -105,18 +105,38 @@ def _func_path(fn, nums, argnums, has_aux, args, kwargs):
     return ((value, aux) if has_aux else value), grads
 
 
+def _leaf_inputs(tree: Any, what: str) -> tuple[list[torch.Tensor], Any]:
+    """Detached copies of ``tree``'s leaves that require grad, and its treedef (eager paths)."""
+    xs, spec = _tree.flatten(tree)
+    for x in xs:
+        if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+            raise TypeError(
+                f"{what} must be a pytree of floating tensors; found a leaf of type "
+                f"{getattr(x, 'dtype', type(x).__name__)}"
+            )
+    return [x.detach().requires_grad_(True) for x in xs], spec
+
+
+def _regroup(flats: list, gs: Sequence[torch.Tensor | None]) -> list[Any]:
+    """Gradients of the concatenated leaves of ``flats`` back into one tree per input (unused
+    leaves get zeros)."""
+    grads, i = [], 0
+    for xs, spec in flats:
+        part = [torch.zeros_like(x) if g is None else g for x, g in zip(xs, gs[i : i + len(xs)])]
+        grads.append(_tree.unflatten(spec, part))
+        i += len(xs)
+    return grads
+
+
+def _detach_aux(aux: Any) -> Any:
+    return _tree.map(lambda a: a.detach() if isinstance(a, torch.Tensor) else a, aux)
+
+
 def _autograd_path(fn, nums, argnums, has_aux, args, kwargs):
     args = list(args)
     flats = []
     for n in nums:
-        xs, spec = _tree.flatten(args[n])
-        for x in xs:
-            if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
-                raise TypeError(
-                    f"value_and_grad: argument {n} must be a pytree of floating tensors; "
-                    f"found a leaf of type {getattr(x, 'dtype', type(x).__name__)}"
-                )
-        xs = [x.detach().requires_grad_(True) for x in xs]
+        xs, spec = _leaf_inputs(args[n], f"value_and_grad: argument {n}")
         args[n] = _tree.unflatten(spec, xs)
         flats.append((xs, spec))
     with torch.enable_grad():
@@ -128,15 +148,10 @@ def _autograd_path(fn, nums, argnums, has_aux, args, kwargs):
             gs = torch.autograd.grad(value, all_leaves, allow_unused=True)
         else:  # the value does not depend on any differentiated leaf
             gs = [None] * len(all_leaves)
-    gs = [torch.zeros_like(x) if g is None else g for x, g in zip(all_leaves, gs)]
-    grads, i = [], 0
-    for xs, spec in flats:
-        grads.append(_tree.unflatten(spec, gs[i : i + len(xs)]))
-        i += len(xs)
+    grads = _regroup(flats, gs)
     value = value.detach()
-    aux = _tree.map(lambda a: a.detach() if isinstance(a, torch.Tensor) else a, aux)
     grads = grads[0] if isinstance(argnums, int) else tuple(grads)
-    return ((value, aux) if has_aux else value), grads
+    return ((value, _detach_aux(aux)) if has_aux else value), grads
 
 
 def grad(
@@ -177,19 +192,8 @@ def vjp(fn: Callable[..., Any], *primals: Any, has_aux: bool = False):
 
         return (out, vjp_fn_traced, res[2]) if has_aux else (out, vjp_fn_traced)
 
-    flats = []
-    args = []
-    for n, primal in enumerate(primals):
-        xs, spec = _tree.flatten(primal)
-        for x in xs:
-            if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
-                raise TypeError(
-                    f"vjp: primal {n} must be a pytree of floating tensors; found a leaf of "
-                    f"type {getattr(x, 'dtype', type(x).__name__)}"
-                )
-        xs = [x.detach().requires_grad_(True) for x in xs]
-        args.append(_tree.unflatten(spec, xs))
-        flats.append((xs, spec))
+    flats = [_leaf_inputs(primal, f"vjp: primal {n}") for n, primal in enumerate(primals)]
+    args = [_tree.unflatten(spec, xs) for xs, spec in flats]
     with torch.enable_grad():
         res = fn(*args)
     out, aux = (res if has_aux else (res, None))
@@ -209,18 +213,10 @@ def vjp(fn: Callable[..., Any], *primals: Any, has_aux: bool = False):
             )
         else:
             gs = [None] * len(all_inputs)
-        gs = [torch.zeros_like(x) if g is None else g for x, g in zip(all_inputs, gs)]
-        grads, i = [], 0
-        for xs, spec in flats:
-            grads.append(_tree.unflatten(spec, gs[i : i + len(xs)]))
-            i += len(xs)
-        return tuple(grads)
+        return tuple(_regroup(flats, gs))
 
     detached = _tree.map(lambda o: o.detach(), out)
-    if has_aux:
-        aux = _tree.map(lambda a: a.detach() if isinstance(a, torch.Tensor) else a, aux)
-        return detached, vjp_fn, aux
-    return detached, vjp_fn
+    return (detached, vjp_fn, _detach_aux(aux)) if has_aux else (detached, vjp_fn)
 
 
 def vmap(
