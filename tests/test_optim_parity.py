@@ -69,13 +69,7 @@ def assert_close_trees(a, b, rtol=1e-5, atol=1e-5):
         torch.testing.assert_close(x, y, rtol=rtol, atol=atol)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add hand-offs (costly on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(params=["fused", "foreach"])

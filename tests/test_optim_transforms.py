@@ -17,12 +17,7 @@ from fctc import backend
 from fctc import tree as T
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_params(seed=0, dtype=torch.float32):

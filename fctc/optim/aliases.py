@@ -113,7 +113,15 @@ def _fused_adam(
         del extra
         return _update(updates, state, params, input_scale)
 
-    def _update(updates, state, params, input_scale):
+    def apply(updates, state, params, *, input_scale=None, donate=False, **extra):
+        """``params + update(updates * input_scale, ...)`` and the new state, the sum taken in
+        the kernel (see :func:`~fctc.optim.update_and_apply`)."""
+        del extra
+        if params is None:
+            raise ValueError("update_and_apply: the parameters are needed; got params=None")
+        return _update(updates, state, params, input_scale, apply=True, donate=donate)
+
+    def _update(updates, state, params, input_scale, apply=False, donate=False):
         n = 3 if decay else 2
         if not isinstance(state, tuple) or len(state) != n:
             raise ValueError(
@@ -143,10 +151,13 @@ def _fused_adam(
             wd=weight_decay if decay else None,
             wd_mask=wd_mask,
             input_scale=input_scale,
+            apply=apply,
+            donate=donate,
         )
         return new_updates, (adam_state, *state[1:-1], lr_state)
 
     update.fctc_scaled_update = scaled_update
+    update.fctc_apply = apply
     return GradientTransformation(init, update)
 
 

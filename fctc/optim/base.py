@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .. import backend as _backend
 from .. import tree as _tree
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "stateless",
     "stateless_with_tree_map",
     "apply_updates",
+    "update_and_apply",
     "with_extra_args_support",
 ]
 
@@ -83,7 +85,8 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     def init(params):
         return tuple(t.init(params) for t in txs)
 
-    def update(updates, state, params=None, **extra):
+    def run(updates, state, params, extra, donate):
+        """The chain's update, or with ``donate`` not None its :func:`update_and_apply`."""
         if len(state) != len(txs):
             raise ValueError(
                 f"chain: the state holds {len(state)} entries for {len(txs)} transformations; "
@@ -93,20 +96,36 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
         i = 0
         while i < len(txs):
             fused = _fuse_factor(txs, i, updates)
-            if fused is not None:
+            j = i if fused is None else i + 1  # the member that produces this step's output
+            if donate is not None and j == len(txs) - 1:
+                # The last member adds its output to the parameters itself.
+                kw = {} if fused is None else {"input_scale": fused}
+                updates, s = txs[j].update.fctc_apply(
+                    updates, state[j], params, donate=donate, **kw, **extra
+                )
+            elif fused is not None:
                 # txs[i] only multiplies by a factor and keeps no state that changes: txs[i+1]
                 # applies the factor inside its own kernel, sparing a pass over the gradients.
-                updates, s = txs[i + 1].update.fctc_scaled_update(
-                    updates, state[i + 1], params, fused, **extra
+                updates, s = txs[j].update.fctc_scaled_update(
+                    updates, state[j], params, fused, **extra
                 )
-                new_state += [state[i], s]
-                i += 2
-                continue
-            updates, s = txs[i].update(updates, state[i], params, **extra)
+            else:
+                updates, s = txs[i].update(updates, state[i], params, **extra)
+            if fused is not None:
+                new_state.append(state[i])
             new_state.append(s)
-            i += 1
+            i = j + 1
         return updates, tuple(new_state)
 
+    def update(updates, state, params=None, **extra):
+        return run(updates, state, params, extra, None)
+
+    if txs and getattr(txs[-1].update, "fctc_apply", None) is not None:
+
+        def apply(updates, state, params, *, donate=False, **extra):
+            return run(updates, state, params, extra, donate)
+
+        update.fctc_apply = apply
     return GradientTransformation(init, update)
 
 
@@ -206,6 +225,77 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     us = spec.flatten_up_to(updates)
     if not ps:
         return params
-    us = [u.to(p.dtype) if u.dtype != p.dtype else u for p, u in zip(ps, us)]
-    return _tree.unflatten(spec, torch._foreach_add(ps, us))
+    return _tree.unflatten(spec, _added(ps, us, donate=False))
 
+
+def _added(ps: list, us: list, donate: bool) -> list:
+    """``p + u`` in each parameter's dtype; in place on ``ps`` when ``donate`` allows it."""
+    us = [u.to(p.dtype) if u.dtype != p.dtype else u for p, u in zip(ps, us)]
+    if donate and can_donate(ps):
+        torch._foreach_add_(ps, us)
+        return list(ps)
+    return list(torch._foreach_add(ps, us))
+
+
+def can_donate(*lists: list) -> bool:
+    """Whether tensors given up by their caller may be overwritten in place.
+
+    Not under tracing (a compiled function stays pure; the compiler plans its own buffers),
+    not for tensors that autograd records, and not when one buffer appears twice in the lists
+    (a tied parameter would be updated twice).
+    """
+    if _backend.is_tracing():
+        return False
+    xs = [x for lst in lists for x in lst if x is not None]
+    if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
+        return False
+    ptrs = [x.data_ptr() for x in xs if x.numel()]
+    return len(set(ptrs)) == len(ptrs)
+
+
+def update_and_apply(
+    tx: GradientTransformation,
+    updates: Updates,
+    state: OptState,
+    params: Params,
+    *,
+    donate: bool = False,
+    **extra: Any,
+) -> tuple[Params, OptState]:
+    """``tx.update`` followed by :func:`apply_updates`, in one call: ``(new_params, new_state)``.
+
+    The result equals ``apply_updates(params, tx.update(updates, state, params, **extra)[0])``
+    with that update's new state, up to floating-point rounding. Transformations that know
+    how (``adam``, ``adamw``, and a :func:`chain` ending in one, ``clip_by_global_norm``
+    included) add their output to the parameters inside their own kernel instead of
+    materialising an update tree, which reads and writes every parameter once less; others
+    run the two steps in turn.
+
+    ``donate=True`` is the analogue of JAX's ``donate_argnums``: the caller gives up
+    ``updates``, ``params`` and ``state``, and the new values may be written into their
+    buffers, so an eager CPU AdamW step reads and writes each tensor once, as ``torch.optim``
+    does in place. After such a call use only the returned trees: the donated ones may hold
+    new values, old ones, or (the gradients) intermediate ones. Donation is a permission, not
+    a promise: under :func:`fctc.backend.jit`, for tensors that require grad, and for trees
+    holding one buffer twice, the call stays pure. The results are identical either way.
+
+    >>> import torch, fctc.optim as optim
+    >>> params = {"w": torch.ones(3)}
+    >>> tx = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(0.1, weight_decay=0.0))
+    >>> state = tx.init(params)
+    >>> params, state = optim.update_and_apply(tx, {"w": torch.ones(3)}, state, params)
+    >>> params["w"]
+    tensor([0.9000, 0.9000, 0.9000])
+    """
+    if not (hasattr(tx, "init") and hasattr(tx, "update")):
+        raise TypeError(f"update_and_apply: expected a GradientTransformation, got {type(tx).__name__}")
+    if params is None:
+        raise ValueError("update_and_apply: the parameters are needed; got params=None")
+    fused = getattr(tx.update, "fctc_apply", None)
+    if fused is not None:
+        return fused(updates, state, params, donate=donate, **extra)
+    new_updates, new_state = with_extra_args_support(tx).update(updates, state, params, **extra)
+    ps, spec = _tree.flatten(params)
+    if not ps:
+        return params, new_state
+    return _tree.unflatten(spec, _added(ps, spec.flatten_up_to(new_updates), donate)), new_state

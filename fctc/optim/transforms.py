@@ -16,9 +16,12 @@ when they are read again. Results are identical with or without blocking (the sa
 operations run on the same values); blocking is off under tracing and on accelerators.
 
 Adam on CPU (eager, Python-number betas/eps, no ``eps_root``/Nesterov) runs torch's single-pass
-fused kernel on copies of the moments, so it stays pure while reading each tensor once; every
-other case (tensor hyperparameters, tracing, CUDA, mixed dtypes) takes the foreach path. The two
-agree to rounding.
+fused kernel, which works in place: it runs on copies of the moments (and, for
+:func:`~fctc.optim.update_and_apply`, of the parameters), so it stays pure; a clipping factor
+handed over by :func:`~fctc.optim.chain` is applied to a copy of the gradients too, since the
+kernel writes rescaled gradients back. Only donated buffers
+(``update_and_apply(..., donate=True)``) are updated in place. Every other case (tensor
+hyperparameters, tracing, CUDA, mixed dtypes) takes the foreach path. The two agree to rounding.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import optree
 import torch
 
 from .. import backend as _backend
-from .base import EmptyState, GradientTransformation
+from .base import EmptyState, GradientTransformation, _added, can_donate
 
 __all__ = [
     "ScaleState",
@@ -459,8 +462,7 @@ def _adam_fused_cpu(gs, ms, vs, ps, keep, *, step, b1, b2, eps, lr, wd, grad_sca
     """
     if not gs:
         return [], [], []
-    mu = torch._foreach_mul(ms, 1.0)  # exact copies: the kernel updates them in place
-    nu = torch._foreach_mul(vs, 1.0)
+    mu, nu = _copies(ms), _copies(vs)  # the kernel updates them in place
     mult = 1.0 if lr is None else lr
     if wd is None:
         out = torch._foreach_mul(gs, 0.0)
@@ -477,6 +479,44 @@ def _adam_fused_cpu(gs, ms, vs, ps, keep, *, step, b1, b2, eps, lr, wd, grad_sca
         weight_decay=0.0, eps=float(eps), amsgrad=False, maximize=False, grad_scale=grad_scale,
     )
     return list(out), list(mu), list(nu)
+
+
+def _copies(xs: list) -> list:
+    """Exact copies of the tensors (one foreach copy into fresh buffers)."""
+    out = [torch.empty_like(x) for x in xs]
+    torch._foreach_copy_(out, xs)
+    return out
+
+
+def _adam_fused_cpu_apply(gs, ms, vs, ps, keep, *, step, b1, b2, eps, lr, wd, grad_scale, donate):
+    """Adam applied to the parameters inside ``torch._fused_adamw_``: ``(new_params, mu, nu)``.
+
+    ``lr`` is the (negated) final multiplier as in :func:`_adam_fused_cpu`; with ``wd`` the
+    kernel's decoupled decay ``p * (1 - lr * wd)`` is torch.optim.AdamW's, on the leaves that
+    ``keep`` selects. The kernel writes in place: into copies of the parameters and moments,
+    or with ``donate`` into the given tensors themselves.
+    """
+    if not gs:
+        return [], [], []
+    if donate:
+        new_p, mu, nu = list(ps), list(ms), list(vs)
+    else:
+        new_p, mu, nu = _copies(ps), _copies(ms), _copies(vs)
+    rate = -lr
+    decay = 0.0 if wd is None else float(wd)
+    groups = [(range(len(gs)), decay)]
+    if decay and keep is not None and not all(keep):
+        groups = [([i for i, k in enumerate(keep) if k], decay), ([i for i, k in enumerate(keep) if not k], 0.0)]
+    for idx, w in groups:
+        if not idx:
+            continue
+        _FUSED_ADAMW(
+            [new_p[i] for i in idx], [gs[i] for i in idx], [mu[i] for i in idx],
+            [nu[i] for i in idx], [], [step] * len(idx), lr=rate, beta1=float(b1),
+            beta2=float(b2), weight_decay=w, eps=float(eps), amsgrad=False, maximize=False,
+            grad_scale=grad_scale,
+        )
+    return new_p, mu, nu
 
 
 def _split_by_size(big_fn, small_fn, n_out, *lists):
@@ -528,6 +568,8 @@ def _adam_step(
     wd=None,
     wd_mask=None,
     input_scale=None,
+    apply=False,
+    donate=False,
 ):
     """One Adam update over whole trees; ``lr``/``wd`` fuse the alias's later transformations.
 
@@ -535,17 +577,19 @@ def _adam_step(
     before it, on the leaves selected by ``wd_mask`` (a per-leaf list of bools or None).
     ``input_scale`` (a 0-d tensor) multiplies the gradients first: the factor of a preceding
     :func:`~fctc.optim.clip_by_global_norm`, applied inside the fused kernel when it runs.
+    With ``apply`` the first result is ``params + updates`` instead of ``updates`` (see
+    :func:`~fctc.optim.update_and_apply`), written into the given buffers when ``donate``.
     """
     lv = _Leaves(updates)
     count = safe_int32_increment(state.count)
     gs = lv.xs
     if not gs:
-        return updates, ScaleByAdamState(count, state.mu, state.nu)
+        return (params if apply else updates), ScaleByAdamState(count, state.mu, state.nu)
     dev = _first_device(gs)
     ms = lv.take(state.mu, "state's mu")
     vs = lv.take(state.nu, "state's nu")
     ps = None
-    if wd is not None:
+    if wd is not None or apply:
         if params is None:
             raise ValueError("adamw: weight decay needs the parameters; call update(grads, state, params)")
         ps = lv.take(params, "params")
@@ -561,22 +605,39 @@ def _adam_step(
     def foreach_kernel(gs_, ms_, vs_, ps_, keep_):
         if input_scale is not None:
             gs_ = list(torch._foreach_mul(gs_, input_scale.to(dev)))
-        return _adam_kernel(
+        upd_, mu_, nu_ = _adam_kernel(
             gs_, ms_, vs_, ps_, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov,
             bc1=bc1, bc1_next=bc1_next, bc2=bc2, lr=lr, wd=wd, wd_keep=keep_,
         )
+        if apply:
+            return _added(ps_, upd_, donate), mu_, nu_
+        return upd_, mu_, nu_
 
     kernel = foreach_kernel
     if _fused_eligible(gs, ms_c, vs_c, ps, b1, b2, eps, eps_root, nesterov):
         step = count.to(torch.float32)
         grad_scale = None
-        if input_scale is not None:
+        # A factor of exactly 1 (a clip that did not clip) needs no rescaling at all; this
+        # path runs eagerly on the CPU, where reading the factor costs no synchronisation.
+        if input_scale is not None and bool(input_scale != 1):
             grad_scale = torch.reciprocal(input_scale.to(device=dev, dtype=torch.float32))
+        in_place = apply and donate and can_donate(ps, ms_c, vs_c, gs)
 
         def fused_kernel(gs_, ms_, vs_, ps_, keep_):
+            scale_ = grad_scale
+            if scale_ is not None and not in_place:
+                # Given a grad_scale, the kernel writes the rescaled gradients back into its
+                # grads argument: unless they were donated, it gets rescaled copies instead
+                # (the same float32 division, so the same values).
+                gs_, scale_ = list(torch._foreach_div(gs_, scale_)), None
+            if apply:
+                return _adam_fused_cpu_apply(
+                    gs_, ms_, vs_, ps_, keep_, step=step, b1=b1, b2=b2, eps=eps, lr=lr, wd=wd,
+                    grad_scale=scale_, donate=in_place,
+                )
             return _adam_fused_cpu(
                 gs_, ms_, vs_, ps_, keep_, step=step, b1=b1, b2=b2, eps=eps, lr=lr, wd=wd,
-                grad_scale=grad_scale,
+                grad_scale=scale_,
             )
 
         def kernel(gs_, ms_, vs_, ps_, keep_):
@@ -585,7 +646,13 @@ def _adam_step(
     upd, mu, nu = _blocked(kernel, 3, gs, ms_c, vs_c, ps, wd_keep)
     mu = _like_dtypes(mu, ms)  # mu_dtype (or the parameters' dtype) for storage
     nu = _like_dtypes(nu, vs)
-    return lv.build(upd), ScaleByAdamState(count, lv.build(mu), lv.build(nu))
+    state = ScaleByAdamState(count, lv.build(mu), lv.build(nu))
+    if apply and lv.idx is not None:  # parameters without an update (None) stay as they are
+        full = lv.treedef.flatten_up_to(params)
+        for i, x in zip(lv.idx, upd):
+            full[i] = x
+        return optree.tree_unflatten(lv.treedef, full), state
+    return lv.build(upd), state
 
 
 def _adam_init(params, mu_dtype):
