@@ -20,7 +20,7 @@ from .. import random as _random
 from .. import tree as _tree
 from ..losses import ctc_loss
 from ..nn.core import Model
-from ..optim.base import GradientTransformation, apply_updates
+from ..optim.base import GradientTransformation, update_and_apply
 from ..optim.loss_scale import DynamicLossScale, dynamic_loss_scale
 from .routing import group_params, merge_groups, resolve_labels
 from .state import TrainState, init_train_state
@@ -199,12 +199,16 @@ class TrainStep:
         new_groups = {}
         for name, g in grads.items():
             params_g = group_params(state.params, labels, name) if self.routed else state.params
-            updates, new_opt[name] = txs[name].update(g, opt_states[name], params_g)
+            # One call: adam/adamw (and chains ending in one) add the update to the parameters
+            # inside their kernel instead of materialising an update tree.
+            new_groups[name], new_opt[name] = update_and_apply(
+                txs[name], g, opt_states[name], params_g
+            )
             # Checked after the chain too: a transformation that mixes in other processes'
             # gradients (fctc.distributed.all_reduce_gradients) makes every rank see the same
-            # non-finite average, so all ranks skip the batch together.
-            finite = finite & _tree.all_finite(updates)
-            new_groups[name] = apply_updates(params_g, updates)
+            # non-finite average, so all ranks skip the batch together. A non-finite update
+            # (or one that overflows a parameter) leaves non-finite new parameters.
+            finite = finite & _tree.all_finite(new_groups[name])
         if self.routed:
             params = merge_groups(state.params, labels, new_groups)
             opt_state = new_opt
