@@ -1,5 +1,9 @@
-"""One optimiser update: fctc's pure ``chain(clip_by_global_norm, adamw(schedule))`` against
+"""One optimiser update: fctc's ``chain(clip_by_global_norm, adamw(schedule))`` against
 ``torch.nn.utils.clip_grad_norm_`` + ``torch.optim.AdamW`` (foreach, and fused where it runs).
+
+fctc runs three ways: optax's two calls (``tx.update`` + ``apply_updates``), the pure
+``update_and_apply``, and ``update_and_apply(..., donate=True)``, which updates in place as
+torch.optim does.
 
 The parameter trees have QuartzNet's shapes (depthwise ``(C, 1, K)`` and pointwise
 ``(C_out, C_in, 1)`` convolution weights, batch-norm weights and biases, the CTC decoder):
@@ -75,20 +79,31 @@ def warmup_lr(count):
     return PEAK_LR * torch.clamp(ramp, max=1.0)
 
 
-def fctc_side(params, grads, jit):
+def fctc_side(params, grads, jit, mode="update"):
+    """One fctc step as a runner. ``mode``: "update" is optax's two calls (``tx.update`` then
+    ``apply_updates``); "apply" is ``update_and_apply``; "donate" is ``update_and_apply`` with
+    the parameters, state and gradients given up (a fresh gradient copy each step, as a real
+    loop has, made outside the timed call)."""
     tx = fo.chain(fo.clip_by_global_norm(1.0), fo.adamw(warmup_lr, weight_decay=WEIGHT_DECAY))
 
     def step(params, opt_state, grads):
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return fo.apply_updates(params, updates), opt_state
+        if mode == "update":
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return fo.apply_updates(params, updates), opt_state
+        return fo.update_and_apply(tx, grads, opt_state, params, donate=mode == "donate")
 
     if jit:
         step = fctc.backend.jit(step)
-    box = {"params": params, "state": tx.init(params)}
+    box = {"params": fctc.tree.map(torch.clone, params), "state": tx.init(params), "grads": grads}
+
+    def prepare():
+        if mode == "donate":
+            box["grads"] = fctc.tree.map(torch.clone, grads)
 
     def run():
-        box["params"], box["state"] = step(box["params"], box["state"], grads)
+        box["params"], box["state"] = step(box["params"], box["state"], box["grads"])
 
+    run.prepare = prepare
     return run
 
 
@@ -123,6 +138,7 @@ def measure(runners: dict, iters: int, warmup: int, sync) -> dict:
     """Interleave the runners iteration by iteration; wall and CPU medians in milliseconds."""
     for run in runners.values():
         for _ in range(warmup):
+            getattr(run, "prepare", lambda: None)()
             run()
     sync()
     wall = {k: [] for k in runners}
@@ -131,6 +147,7 @@ def measure(runners: dict, iters: int, warmup: int, sync) -> dict:
     for i in range(iters):
         order = names if i % 2 == 0 else names[::-1]
         for k in order:
+            getattr(runners[k], "prepare", lambda: None)()
             sync()
             t0, c0 = time.perf_counter(), time.process_time()
             runners[k]()
@@ -170,11 +187,17 @@ def main(argv=None) -> dict:
         params = make_tree(shapes, device, 0)
         grads = make_tree(shapes, device, 1)
         n_params = sum(math.prod(s) for s in shapes.values())
-        runners = {"fctc": fctc_side(params, grads, jit=False), "torch foreach": torch_side(params, grads, "foreach")}
+        runners = {
+            "fctc update + apply_updates": fctc_side(params, grads, jit=False),
+            "fctc update_and_apply": fctc_side(params, grads, jit=False, mode="apply"),
+            "fctc update_and_apply, donated": fctc_side(params, grads, jit=False, mode="donate"),
+            "torch foreach": torch_side(params, grads, "foreach"),
+        }
         if has_fused:
             runners["torch fused"] = torch_side(params, grads, "fused")
         if args.jit:
-            runners["fctc jit"] = fctc_side(params, grads, jit=True)
+            runners["fctc jit, update + apply_updates"] = fctc_side(params, grads, jit=True)
+            runners["fctc jit, update_and_apply"] = fctc_side(params, grads, jit=True, mode="apply")
         res = measure(runners, iters, warmup, sync)
         base = res["torch foreach"]
         for impl, r in res.items():
