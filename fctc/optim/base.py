@@ -231,13 +231,13 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 def _added(ps: list, us: list, donate: bool) -> list:
     """``p + u`` in each parameter's dtype; in place on ``ps`` when ``donate`` allows it."""
     us = [u.to(p.dtype) if u.dtype != p.dtype else u for p, u in zip(ps, us)]
-    if donate and can_donate(ps):
+    if donate and _can_donate(ps):
         torch._foreach_add_(ps, us)
         return list(ps)
     return list(torch._foreach_add(ps, us))
 
 
-def can_donate(*lists: list) -> bool:
+def _can_donate(*lists: list) -> bool:
     """Whether tensors given up by their caller may be overwritten in place.
 
     Not under tracing (a compiled function stays pure; the compiler plans its own buffers),

@@ -33,7 +33,7 @@ import optree
 import torch
 
 from .. import backend as _backend
-from .base import EmptyState, GradientTransformation, _added, can_donate
+from .base import EmptyState, GradientTransformation, _added, _can_donate
 
 __all__ = [
     "ScaleState",
@@ -621,7 +621,7 @@ def _adam_step(
         # path runs eagerly on the CPU, where reading the factor costs no synchronisation.
         if input_scale is not None and bool(input_scale != 1):
             grad_scale = torch.reciprocal(input_scale.to(device=dev, dtype=torch.float32))
-        in_place = apply and donate and can_donate(ps, ms_c, vs_c, gs)
+        in_place = apply and donate and _can_donate(ps, ms_c, vs_c, gs)
 
         def fused_kernel(gs_, ms_, vs_, ps_, keep_):
             scale_ = grad_scale
