@@ -201,3 +201,19 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(fctc.optim.base, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 1 and result.failed == 0
+
+
+@pytest.mark.parametrize("name", ["clip+adamw(schedule)", "adam(nesterov)", "sgd(momentum)", "adamw(mask)"])
+def test_non_finite_updates_never_reach_donated_buffers(name):
+    """A donated call with a NaN gradient returns the pure (NaN) result in fresh tensors and
+    leaves the donated parameters and optimiser state holding their old values."""
+    tx = TXS[name]()
+    params = make_params(12)
+    _, state = tx.update(grads_like(params, 13), tx.init(params), params)
+    grads = grads_like(params, 14)
+    grads["conv"]["weight"][0, 0, 0] = float("nan")
+    want_p, want_s = optim.update_and_apply(tx, grads, state, params)
+    old = T.map(torch.clone, (params, state))
+    got_p, got_s = optim.update_and_apply(tx, grads, state, params, donate=True)
+    fctc.testing.assert_trees_allclose((params, state), old, rtol=0, atol=0)
+    fctc.testing.assert_trees_allclose((got_p, got_s), (want_p, want_s), rtol=0, atol=0, equal_nan=True)

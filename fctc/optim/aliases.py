@@ -113,15 +113,18 @@ def _fused_adam(
         del extra
         return _update(updates, state, params, input_scale)
 
-    def apply(updates, state, params, *, input_scale=None, donate=False, **extra):
+    def apply(updates, state, params, *, input_scale=None, input_norm=None, donate=False, **extra):
         """``params + update(updates * input_scale, ...)`` and the new state, the sum taken in
-        the kernel (see :func:`~fctc.optim.update_and_apply`)."""
+        the kernel (see :func:`~fctc.optim.update_and_apply`); ``input_norm``, a norm of
+        ``updates`` when the caller has one, spares the finiteness check of a donated call."""
         del extra
         if params is None:
             raise ValueError("update_and_apply: the parameters are needed; got params=None")
-        return _update(updates, state, params, input_scale, apply=True, donate=donate)
+        return _update(
+            updates, state, params, input_scale, apply=True, donate=donate, input_norm=input_norm
+        )
 
-    def _update(updates, state, params, input_scale, apply=False, donate=False):
+    def _update(updates, state, params, input_scale, apply=False, donate=False, input_norm=None):
         n = 3 if decay else 2
         if not isinstance(state, tuple) or len(state) != n:
             raise ValueError(
@@ -153,6 +156,7 @@ def _fused_adam(
             input_scale=input_scale,
             apply=apply,
             donate=donate,
+            input_norm=input_norm,
         )
         return new_updates, (adam_state, *state[1:-1], lr_state)
 

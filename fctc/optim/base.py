@@ -99,7 +99,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             j = i if fused is None else i + 1  # the member that produces this step's output
             if donate is not None and j == len(txs) - 1:
                 # The last member adds its output to the parameters itself.
-                kw = {} if fused is None else {"input_scale": fused}
+                kw = {} if fused is None else {"input_scale": fused[0], "input_norm": fused[1]}
                 updates, s = txs[j].update.fctc_apply(
                     updates, state[j], params, donate=donate, **kw, **extra
                 )
@@ -107,7 +107,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
                 # txs[i] only multiplies by a factor and keeps no state that changes: txs[i+1]
                 # applies the factor inside its own kernel, sparing a pass over the gradients.
                 updates, s = txs[j].update.fctc_scaled_update(
-                    updates, state[j], params, fused, **extra
+                    updates, state[j], params, fused[0], **extra
                 )
             else:
                 updates, s = txs[i].update(updates, state[i], params, **extra)
@@ -132,8 +132,9 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
 def _fuse_factor(txs, i, updates):
     """The factor to hand from ``txs[i]`` to ``txs[i + 1]``, when both take part in fusion.
 
-    A transformation whose ``update`` has an ``fctc_output_factor(updates)`` attribute returns
-    ``updates`` times that factor and has a state that never changes (``clip_by_global_norm``);
+    A transformation whose ``update`` has an ``fctc_output_factor(updates) -> (factor, norm)``
+    attribute returns ``updates`` times that factor and has a state that never changes
+    (``clip_by_global_norm``; ``norm`` is finite only when every input element is);
     one whose ``update`` has ``fctc_scaled_update(updates, state, params, factor, **extra)``
     computes ``update(updates * factor, ...)`` (the fused ``adam`` / ``adamw``). The results
     equal the unfused chain's up to rounding.
@@ -228,10 +229,11 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     return _tree.unflatten(spec, _added(ps, us, donate=False))
 
 
-def _added(ps: list, us: list, donate: bool) -> list:
-    """``p + u`` in each parameter's dtype; in place on ``ps`` when ``donate`` allows it."""
+def _added(ps: list, us: list, donate: bool, finite_checked: bool = False) -> list:
+    """``p + u`` in each parameter's dtype; in place on ``ps`` when ``donate`` allows it and
+    the updates are finite (known already with ``finite_checked``)."""
     us = [u.to(p.dtype) if u.dtype != p.dtype else u for p, u in zip(ps, us)]
-    if donate and _can_donate(ps):
+    if donate and _can_donate(ps) and (finite_checked or bool(_tree.all_finite(us))):
         torch._foreach_add_(ps, us)
         return list(ps)
     return list(torch._foreach_add(ps, us))
@@ -278,6 +280,11 @@ def update_and_apply(
     new values, old ones, or (the gradients) intermediate ones. Donation is a permission, not
     a promise: under :func:`fctc.backend.jit`, for tensors that require grad, and for trees
     holding one buffer twice, the call stays pure. The results are identical either way.
+    Non-finite values never reach donated buffers: when the incoming updates (or, for a
+    transformation without a fused path, its outputs) hold a NaN or Inf, the call computes
+    its result in fresh tensors, so the donated parameters and state still hold the old
+    values and a caller that skips non-finite steps can keep them. Deciding this reads one
+    flag on the host (a synchronisation on accelerators).
 
     >>> import torch, fctc.optim as optim
     >>> params = {"w": torch.ones(3)}

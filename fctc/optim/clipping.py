@@ -96,21 +96,22 @@ def clip_by_global_norm(max_norm: Scalar, norm_type: float = 2.0) -> GradientTra
     def factor_of(lv):
         norm = _global_norm(lv.xs, p)
         m = _on(max_norm, norm.device)
-        return torch.where(norm < m, torch.ones_like(norm), m / norm)
+        return torch.where(norm < m, torch.ones_like(norm), m / norm), norm
 
     def update(updates, state, params=None, **extra):
         del params, extra
         lv = _Leaves(updates)
         if not lv.xs:
             return updates, state
-        return lv.build(torch._foreach_mul(lv.xs, factor_of(lv))), state
+        return lv.build(torch._foreach_mul(lv.xs, factor_of(lv)[0])), state
 
     def output_factor(updates):
         lv = _Leaves(updates)
         return factor_of(lv) if lv.xs else None
 
-    # The output is the input times one factor: :func:`fctc.optim.chain` hands that factor to
-    # a following optimiser that can apply it inside its own kernel (adam, adamw).
+    # The output is the input times one factor: :func:`fctc.optim.chain` hands that factor
+    # (with the norm it came from, finite only when every input is) to a following
+    # optimiser that can apply it inside its own kernel (adam, adamw).
     update.fctc_output_factor = output_factor
     return GradientTransformation(init, update)
 

@@ -33,6 +33,7 @@ import optree
 import torch
 
 from .. import backend as _backend
+from .. import tree as _tree
 from .base import EmptyState, GradientTransformation, _added, _can_donate
 
 __all__ = [
@@ -570,6 +571,7 @@ def _adam_step(
     input_scale=None,
     apply=False,
     donate=False,
+    input_norm=None,
 ):
     """One Adam update over whole trees; ``lr``/``wd`` fuse the alias's later transformations.
 
@@ -578,7 +580,8 @@ def _adam_step(
     ``input_scale`` (a 0-d tensor) multiplies the gradients first: the factor of a preceding
     :func:`~fctc.optim.clip_by_global_norm`, applied inside the fused kernel when it runs.
     With ``apply`` the first result is ``params + updates`` instead of ``updates`` (see
-    :func:`~fctc.optim.update_and_apply`), written into the given buffers when ``donate``.
+    :func:`~fctc.optim.update_and_apply`), written into the given buffers when ``donate`` and
+    the gradients are finite (``input_norm``, their norm when the caller has it, tells).
     """
     lv = _Leaves(updates)
     count = safe_int32_increment(state.count)
@@ -593,6 +596,9 @@ def _adam_step(
         if params is None:
             raise ValueError("adamw: weight decay needs the parameters; call update(grads, state, params)")
         ps = lv.take(params, "params")
+    # Donation is eager only, and non-finite gradients never reach donated buffers: the caller
+    # can still discard the (non-finite) result and keep its old state, as the train step does.
+    donate = apply and donate and not _backend.is_tracing() and _inputs_finite(gs, input_norm)
     b1, b2, eps, eps_root = (_on(h, dev) for h in (b1, b2, eps, eps_root))
     lr, wd = _on(lr, dev), _on(wd, dev)
     wd_keep = wd_mask
@@ -610,7 +616,7 @@ def _adam_step(
             bc1=bc1, bc1_next=bc1_next, bc2=bc2, lr=lr, wd=wd, wd_keep=keep_,
         )
         if apply:
-            return _added(ps_, upd_, donate), mu_, nu_
+            return _added(ps_, upd_, donate, finite_checked=True), mu_, nu_
         return upd_, mu_, nu_
 
     kernel = foreach_kernel
@@ -653,6 +659,14 @@ def _adam_step(
             full[i] = x
         return optree.tree_unflatten(lv.treedef, full), state
     return lv.build(upd), state
+
+
+def _inputs_finite(gs: list, norm: torch.Tensor | None) -> bool:
+    """Whether every gradient element is finite, read on the host (a donated update is eager;
+    on accelerators this is one synchronisation). A finite ``norm`` of them proves it."""
+    if norm is not None and bool(torch.isfinite(norm)):
+        return True
+    return bool(_tree.all_finite(gs))
 
 
 def _adam_init(params, mu_dtype):

@@ -102,6 +102,7 @@ class TrainStep:
         param_labels: Any,
         loss_scale: DynamicLossScale | None,
         jit: bool,
+        donate: bool = False,
     ):
         self.model = model
         self.tx = tx
@@ -111,6 +112,7 @@ class TrainStep:
         self.param_labels = param_labels
         self.loss_scale = loss_scale
         self.routed = isinstance(tx, dict)
+        self.donate = donate
         self._compiled = backend.jit(self._step, enabled=jit)
 
     def init_state(self, key: torch.Tensor, **kwargs: Any) -> TrainState:
@@ -197,18 +199,30 @@ class TrainStep:
         opt_states = state.opt_state if self.routed else {_SINGLE: state.opt_state}
         new_opt = dict(opt_states)
         new_groups = {}
+        # Donation (eager only) is decided on the host: a non-finite batch donates nothing, and
+        # update_and_apply never writes non-finite values into donated buffers either, so a
+        # skipped step still finds the old parameters and optimiser state intact.
+        donate = self.donate and not backend.is_tracing() and bool(finite)
         for name, g in grads.items():
             params_g = group_params(state.params, labels, name) if self.routed else state.params
             # One call: adam/adamw (and chains ending in one) add the update to the parameters
             # inside their kernel instead of materialising an update tree.
             new_groups[name], new_opt[name] = update_and_apply(
-                txs[name], g, opt_states[name], params_g
+                txs[name], g, opt_states[name], params_g, donate=donate
             )
             # Checked after the chain too: a transformation that mixes in other processes'
             # gradients (fctc.distributed.all_reduce_gradients) makes every rank see the same
             # non-finite average, so all ranks skip the batch together. A non-finite update
             # (or one that overflows a parameter) leaves non-finite new parameters.
-            finite = finite & _tree.all_finite(new_groups[name])
+            group_finite = _tree.all_finite(new_groups[name])
+            if donate and not bool(group_finite):
+                raise FloatingPointError(
+                    "train_step: finite gradients gave non-finite parameters (an overflow) in "
+                    f"group {name!r}, and with donate=True the previous parameters are already "
+                    "overwritten; resume from a checkpoint, lower the learning rate, or build "
+                    "the step with donate=False to skip such steps instead"
+                )
+            finite = finite & group_finite
         if self.routed:
             params = merge_groups(state.params, labels, new_groups)
             opt_state = new_opt
@@ -256,6 +270,7 @@ def make_train_step(
     param_labels: Any = None,
     loss_scale: DynamicLossScale | None = None,
     jit: bool = False,
+    donate: bool = False,
 ) -> TrainStep:
     """Build the pure train step ``step(state, batch) -> (state, metrics)``.
 
@@ -277,6 +292,14 @@ def make_train_step(
         clipping, and a step with non-finite gradients is skipped, as GradScaler does).
       loss_scale: the :func:`fctc.optim.dynamic_loss_scale` for fp16 (default: GradScaler's).
       jit: compile the whole step with ``torch.compile`` (``fctc.backend.jit``).
+      donate: let each eager step reuse the incoming state's parameter and optimiser-state
+        buffers for the new state (:func:`fctc.optim.update_and_apply` with ``donate=True``,
+        JAX's ``donate_argnums``): no second copy of them is allocated, and AdamW on the CPU
+        updates in place at ``torch.optim.AdamW(fused=True)``'s cost. Keep only the state a
+        call returns; the one passed in may have been overwritten (save checkpoints from
+        returned states). Non-finite batches are still skipped with the old values intact.
+        It costs one host read of the step's finiteness flag (a synchronisation on
+        accelerators) and has no effect with ``jit=True``, where the compiler plans buffers.
 
     Non-finite batches (any loss or gradient NaN/Inf) change nothing (params, optimiser state,
     model state); they are counted in ``state.nonfinite_count`` / ``nonfinite_total`` without a
@@ -307,4 +330,6 @@ def make_train_step(
         loss_scale = dynamic_loss_scale()
     if precision != "fp16" and loss_scale is not None:
         raise ValueError("make_train_step: loss_scale is only used with precision='fp16'")
-    return TrainStep(model, tx, loss_fn, accum_steps, precision, param_labels, loss_scale, jit)
+    return TrainStep(
+        model, tx, loss_fn, accum_steps, precision, param_labels, loss_scale, jit, donate
+    )
