@@ -151,7 +151,7 @@ class Trainer:
         self.step_fn = make_train_step(
             train_model, tx, blank=self.vocabulary.blank_idx,
             accum_steps=train_cfg["micro_batches"], precision=train_cfg["precision"],
-            jit=bool(train_cfg["jit"]),
+            jit=bool(train_cfg["jit"]), donate=bool(train_cfg["donate"]),
         )
         self.eval_step = make_eval_step(
             self.model, self.vocabulary, precision=train_cfg["precision"], jit=bool(train_cfg["jit"])
