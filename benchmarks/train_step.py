@@ -77,7 +77,7 @@ DECAY_STEPS = 10_000
 WEIGHT_DECAY = 1e-3
 MAX_NORM = 1.0
 
-SIDES = ("torch eager", "torch compile", "fctc eager", "fctc jit")
+SIDES = ("torch eager", "torch compile", "fctc eager", "fctc donated", "fctc jit")
 
 
 # ------------------------------------------------------------------------------ the workload
@@ -225,11 +225,11 @@ class TorchLoop:
 class FctcLoop:
     """fctc's pure train step, its state threaded through the loop."""
 
-    def __init__(self, config, weights, device, precision, jit, accum):
+    def __init__(self, config, weights, device, precision, jit, accum, donate=False):
         model = fctc_model(config)
         self.step = make_train_step(
             model, fctc_transformation(), blank=BLANK, precision=precision, accum_steps=accum,
-            jit=jit,
+            jit=jit, donate=donate,
         )
         params, state = _initial_trees(config, 0)  # the tree structure (cached)
         flat = {k: v.clone() for k, v in weights.items()}
@@ -258,13 +258,15 @@ def build_row(spec: dict, config: str, weights, device) -> Callable[[Batch], Non
     side, precision, accum = spec["side"], spec["precision"], spec["accum"]
     if side.startswith("torch"):
         return TorchLoop(config, weights, device, precision, side == "torch compile", accum)
-    return FctcLoop(config, weights, device, precision, side == "fctc jit", accum)
+    return FctcLoop(
+        config, weights, device, precision, side == "fctc jit", accum, donate=side == "fctc donated"
+    )
 
 
 def row_specs(precisions, compile_rows: bool, accum: int) -> list[dict]:
     """The rows of the table, each with its reference row (the ratio's denominator)."""
     specs = []
-    sides = SIDES if compile_rows else ("torch eager", "fctc eager")
+    sides = SIDES if compile_rows else ("torch eager", "fctc eager", "fctc donated")
     for p in precisions:
         for side in sides:
             specs.append(dict(name=f"{side} {p}", side=side, precision=p, accum=1,

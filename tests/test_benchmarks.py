@@ -75,8 +75,8 @@ def test_quick_run_writes_complete_json(tmp_path):
     assert parity["max_abs_weight_diff"] < 2 * parity["lr_sum"]
     rows = {r["name"]: r for r in data["rows"]}
     assert set(rows) == {
-        "torch eager fp32", "fctc eager fp32", "torch eager fp16", "fctc eager fp16",
-        "torch eager fp32 accum4", "fctc eager fp32 accum4",
+        "torch eager fp32", "fctc eager fp32", "fctc donated fp32", "torch eager fp16",
+        "fctc eager fp16", "fctc donated fp16", "torch eager fp32 accum4", "fctc eager fp32 accum4",
     }
     for r in rows.values():
         assert len(r["step_times_s"]) == data["timed_steps"] > 0
