@@ -11,7 +11,7 @@ from fctc import optim, random
 from fctc.testing import assert_trees_equal
 from fctc.train import Batch, make_train_step
 from test_train_routing import LABELS, MODEL, two_losses
-from tiny_task import BLANK, tiny_batch, tiny_model
+from tiny_task import BLANK, loss_fn, tiny_batch, tiny_model
 
 
 def _nan_batch(seed):
@@ -113,3 +113,36 @@ def test_donation_has_no_effect_under_jit():
     eager = make_train_step(tiny_model(), optim.adam(1e-2), blank=BLANK)
     want, _ = eager(eager.init_state(random.key(0)), tiny_batch(0))
     fctc.testing.assert_trees_allclose(new.params, want.params, rtol=1e-5, atol=1e-6)
+
+
+def test_a_chain_that_turns_finite_gradients_non_finite_is_skipped_not_fatal(one_thread):
+    """What fctc.distributed.all_reduce_gradients does when another rank's batch was bad: this
+    rank's own gradients are finite, the chain's are not. Nothing is donated; the step skips."""
+    poison = optim.stateless(lambda u, p: fctc.tree.map(lambda x: x * float("nan"), u))
+    step = make_train_step(tiny_model(), optim.chain(poison, optim.adamw(1e-2)), blank=BLANK, donate=True)
+    state = step.init_state(random.key(0))
+    before = fctc.tree.map(torch.clone, state)
+    new, metrics = step(state, tiny_batch(0))
+    assert not bool(metrics["finite"])
+    assert_trees_equal(state, before)
+    assert_trees_equal(new.params, before.params)
+    assert int(new.nonfinite_total) == 1
+
+
+def test_an_overflow_after_donation_is_a_clear_error(one_thread):
+    """Finite gradients whose update overflows a parameter: the donated parameters are already
+    written, so the step cannot pretend to skip; it says so."""
+    model = tiny_model()
+    base = loss_fn(model)
+
+    def with_extra(params, state, batch, key):  # one more parameter, with a zero gradient
+        loss, state = base({"layer": params["layer"]}, state, batch, key)
+        return loss + 0.0 * params["extra"][0], state
+
+    huge = optim.stateless(lambda u, p: fctc.tree.map(lambda x: torch.full_like(x, 3e38), u))
+    step = make_train_step(model, huge, with_extra, donate=True)
+    params, model_state = model.init(random.key(0))
+    params = {**params, "extra": torch.tensor([3e38])}
+    state = step.init_state(random.key(0), params=params, model_state=model_state)
+    with pytest.raises(FloatingPointError, match="donate=False"):
+        step(state, tiny_batch(0))

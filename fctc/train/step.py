@@ -85,6 +85,12 @@ def _micro_batches(batch: Any, k: int) -> list[tuple[Any, float]]:
     ]
 
 
+def _wrote_in_place(new: Any, old: Any) -> bool:
+    """Whether a donated update reused the old parameter tensors (it does not when its input
+    was non-finite: then the old values are intact and the step can be skipped)."""
+    return any(x is y for x, y in zip(_tree.leaves(new), _tree.leaves(old)))
+
+
 class TrainStep:
     """The pure train step built by :func:`make_train_step`; call it as ``step(state, batch)``.
 
@@ -215,7 +221,7 @@ class TrainStep:
             # non-finite average, so all ranks skip the batch together. A non-finite update
             # (or one that overflows a parameter) leaves non-finite new parameters.
             group_finite = _tree.all_finite(new_groups[name])
-            if donate and not bool(group_finite):
+            if donate and not bool(group_finite) and _wrote_in_place(new_groups[name], params_g):
                 raise FloatingPointError(
                     "train_step: finite gradients gave non-finite parameters (an overflow) in "
                     f"group {name!r}, and with donate=True the previous parameters are already "
