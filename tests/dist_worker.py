@@ -195,6 +195,33 @@ def check_multisteps_skip(r: int) -> None:
     expect(torch.allclose(out["w"], torch.full((3,), -0.15)), f"emitted update {out['w']}")
 
 
+def check_donated_skip(r: int) -> None:
+    """make_train_step(donate=True) with a gradient all-reduce: a NaN batch on rank 1 makes
+    both ranks skip (rank 0's own gradients were finite, so only the chain's check catches
+    it), nothing donated is damaged, and the run equals the pure one."""
+    batches = [tiny_batch(seed=10 + i, batch=8) for i in range(3)]
+    bad = batches[1].audio.clone()
+    bad[-1, 0, 0] = float("nan")  # in the last utterance: rank 1's half
+    poisoned = batches[1]._replace(audio=bad)
+    runs = {}
+    for donate in (False, True):
+        model = tiny_model()
+        tx = optim.chain(dist.all_reduce_gradients(), optim.adamw(1e-2))
+        step = make_train_step(model, tx, loss_fn(model), donate=donate)
+        state = step.init_state(fctc.random.key(0))
+        finite = []
+        for i, b in enumerate(batches):
+            own = dist.shard_batch(b)
+            if i == 1 and r == 1:
+                own = dist.shard_batch(poisoned)
+            state, m = step(state, own)
+            finite.append(bool(m["finite"]))
+        expect(finite == [True, False, True], f"donate={donate}: finite flags {finite}")
+        runs[donate] = state
+    close(runs[True].params, runs[False].params, "donated vs pure distributed run", atol=0.0)
+    close(runs[True].params, dist.broadcast_tree(runs[True].params, src=1), "ranks disagree", atol=0.0)
+
+
 def main() -> None:
     r, w = dist.init_from_env(timeout=60)
     check_process_group(r, w)
@@ -202,6 +229,7 @@ def main() -> None:
     check_all_reduce(r)
     check_multisteps_skip(r)
     check_training(r)
+    check_donated_skip(r)
     dist.barrier()
     print(f"dist_worker rank {r}: ok", flush=True)
     torch.distributed.destroy_process_group()
