@@ -153,8 +153,8 @@ def all_finite(tree: PyTree, norm: torch.Tensor | None = None) -> torch.Tensor:
 
     On accelerators and under tracing there is no host synchronisation: one ``isfinite``
     reduction per leaf, and the answer stays a tensor. Eagerly on the CPU, a finite global
-    2-norm (``norm`` when the caller already has it, else computed here) proves every element
-    finite, since a NaN or Inf anywhere makes the sum of squares NaN or Inf: one reduction
+    norm (``norm``, any p-norm the caller already has, else the 2-norm computed here) proves
+    every element finite, since a NaN or Inf anywhere makes such a norm NaN or Inf: one reduction
     over all leaves instead of one mask per leaf. Only a non-finite norm (a bad element, or a
     sum of squares that overflowed) falls back to the element-wise check. Same answer always.
     """

@@ -229,11 +229,12 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     return _tree.unflatten(spec, _added(ps, us, donate=False))
 
 
-def _added(ps: list, us: list, donate: bool, finite_checked: bool = False) -> list:
-    """``p + u`` in each parameter's dtype; in place on ``ps`` when ``donate`` allows it and
-    the updates are finite (known already with ``finite_checked``)."""
+def _added(ps: list, us: list, donate: bool, checked: bool = False) -> list:
+    """``p + u`` in each parameter's dtype; in place on ``ps`` when ``donate`` allows it
+    (:func:`_can_donate`) and the updates are finite. ``checked``: the caller has made sure
+    of both."""
     us = [u.to(p.dtype) if u.dtype != p.dtype else u for p, u in zip(ps, us)]
-    if donate and _can_donate(ps) and (finite_checked or bool(_tree.all_finite(us))):
+    if donate and (checked or (_can_donate(ps) and bool(_tree.all_finite(us)))):
         torch._foreach_add_(ps, us)
         return list(ps)
     return list(torch._foreach_add(ps, us))

@@ -106,10 +106,11 @@ class _Leaves:
             ) from None
         return leaves if self.idx is None else [leaves[i] for i in self.idx]
 
-    def build(self, xs: Sequence[Any]) -> Any:
-        """A tree with the structure of ``updates`` from values for the present leaves."""
+    def build(self, xs: Sequence[Any], fill: Sequence[Any] | None = None) -> Any:
+        """A tree with the structure of ``updates`` from values for the present leaves; the
+        absent ones are ``None``, or taken from ``fill`` (a full leaf list) when given."""
         if self.idx is not None:
-            full: list[Any] = [None] * self.n
+            full: list[Any] = [None] * self.n if fill is None else list(fill)
             for i, x in zip(self.idx, xs):
                 full[i] = x
             xs = full
@@ -596,13 +597,17 @@ def _adam_step(
         if params is None:
             raise ValueError("adamw: weight decay needs the parameters; call update(grads, state, params)")
         ps = lv.take(params, "params")
-    # Donation is eager only, and non-finite gradients never reach donated buffers: the caller
-    # can still discard the (non-finite) result and keep its old state, as the train step does.
-    donate = apply and donate and not _backend.is_tracing() and _inputs_finite(gs, input_norm)
     b1, b2, eps, eps_root = (_on(h, dev) for h in (b1, b2, eps, eps_root))
     lr, wd = _on(lr, dev), _on(wd, dev)
     wd_keep = wd_mask
     gs, ms_c, vs_c = _promoted(gs, ms, vs)
+    # Donation (decided once, on the host) never lets non-finite gradients reach the donated
+    # buffers: the caller can still discard the (non-finite) result and keep its old state,
+    # as the train step does. A finite norm handed over by a clip proves them finite.
+    donate = (
+        apply and donate and _can_donate(ps, ms_c, vs_c, gs)
+        and bool(_tree.all_finite(gs, input_norm))
+    )
 
     bc1 = _bias_correction(b1, count).to(dev)
     bc2 = _bias_correction(b2, count).to(dev)
@@ -616,7 +621,7 @@ def _adam_step(
             bc1=bc1, bc1_next=bc1_next, bc2=bc2, lr=lr, wd=wd, wd_keep=keep_,
         )
         if apply:
-            return _added(ps_, upd_, donate, finite_checked=True), mu_, nu_
+            return _added(ps_, upd_, donate, checked=True), mu_, nu_
         return upd_, mu_, nu_
 
     kernel = foreach_kernel
@@ -627,11 +632,9 @@ def _adam_step(
         # path runs eagerly on the CPU, where reading the factor costs no synchronisation.
         if input_scale is not None and bool(input_scale != 1):
             grad_scale = torch.reciprocal(input_scale.to(device=dev, dtype=torch.float32))
-        in_place = apply and donate and _can_donate(ps, ms_c, vs_c, gs)
-
         def fused_kernel(gs_, ms_, vs_, ps_, keep_):
             scale_ = grad_scale
-            if scale_ is not None and not in_place:
+            if scale_ is not None and not donate:
                 # Given a grad_scale, the kernel writes the rescaled gradients back into its
                 # grads argument: unless they were donated, it gets rescaled copies instead
                 # (the same float32 division, so the same values).
@@ -639,7 +642,7 @@ def _adam_step(
             if apply:
                 return _adam_fused_cpu_apply(
                     gs_, ms_, vs_, ps_, keep_, step=step, b1=b1, b2=b2, eps=eps, lr=lr, wd=wd,
-                    grad_scale=scale_, donate=in_place,
+                    grad_scale=scale_, donate=donate,
                 )
             return _adam_fused_cpu(
                 gs_, ms_, vs_, ps_, keep_, step=step, b1=b1, b2=b2, eps=eps, lr=lr, wd=wd,
@@ -653,20 +656,10 @@ def _adam_step(
     mu = _like_dtypes(mu, ms)  # mu_dtype (or the parameters' dtype) for storage
     nu = _like_dtypes(nu, vs)
     state = ScaleByAdamState(count, lv.build(mu), lv.build(nu))
-    if apply and lv.idx is not None:  # parameters without an update (None) stay as they are
-        full = lv.treedef.flatten_up_to(params)
-        for i, x in zip(lv.idx, upd):
-            full[i] = x
-        return optree.tree_unflatten(lv.treedef, full), state
+    if apply:  # parameters without an update (None) stay as they are
+        fill = None if lv.idx is None else lv.treedef.flatten_up_to(params)
+        return lv.build(upd, fill=fill), state
     return lv.build(upd), state
-
-
-def _inputs_finite(gs: list, norm: torch.Tensor | None) -> bool:
-    """Whether every gradient element is finite, read on the host (a donated update is eager;
-    on accelerators this is one synchronisation). A finite ``norm`` of them proves it."""
-    if norm is not None and bool(torch.isfinite(norm)):
-        return True
-    return bool(_tree.all_finite(gs))
 
 
 def _adam_init(params, mu_dtype):
