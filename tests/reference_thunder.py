@@ -40,7 +40,9 @@ __all__ = [
     "run_reference",
     "f64",
     "perturb_running_stats",
+    "init64",
     "check_parity",
+    "assert_exact_in_float32",
     "assert_same_layout",
 ]
 
@@ -321,6 +323,14 @@ def perturb_running_stats(state, seed: int = 1):
     return map_with_path(bump, state)
 
 
+def init64(model, seed: int = 0):
+    """``model.init(key(seed))`` in float64, with the running statistics perturbed."""
+    from fctc.random import key
+
+    params, state = model.init(key(seed))
+    return f64(params), perturb_running_stats(f64(state))
+
+
 def check_parity(model, ref: nn.Module, params, state, x, lengths, train: bool):
     """Load ``params``/``state`` into ``ref`` (float64) and compare outputs, lengths, the loss,
     every parameter gradient and every buffer after the call; returns fctc's new state."""
@@ -346,6 +356,18 @@ def check_parity(model, ref: nn.Module, params, state, x, lengths, train: bool):
     for k in r_buffers:
         torch.testing.assert_close(flat_state[k], r_buffers[k], rtol=1e-10, atol=1e-12, msg=k)
     return new_state
+
+
+def assert_exact_in_float32(model, ref: nn.Module, x, lengths, seed: int = 1) -> None:
+    """In float32 eval mode, fctc's outputs and lengths equal ``ref``'s bit for bit."""
+    from fctc.random import key
+
+    params, state = model.init(key(seed))
+    load_fctc(ref, params, state).eval()
+    (y, out_lengths), _ = model.apply(params, state, x, lengths)
+    with torch.no_grad():
+        ry, r_lengths = ref(x, lengths)
+    assert torch.equal(y, ry) and torch.equal(out_lengths, r_lengths)
 
 
 def assert_same_layout(params, state, ref: nn.Module) -> None:

@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 from reference_thunder import (
     CitrinetEncoder,
     MaskedSqueezeExcite,
+    assert_exact_in_float32,
     assert_same_layout,
     check_parity,
-    f64,
+    init64,
     load_fctc,
-    perturb_running_stats,
 )
 
 import fctc
@@ -37,11 +37,6 @@ def _batch(seed=0, batch=3, steps=23, lengths=(23, 12, 4), dtype=torch.float64):
     return torch.randn(batch, FEAT, steps, generator=g, dtype=dtype), torch.tensor(lengths)
 
 
-def _init64(model, seed=0):
-    params, state = model.init(fctc.random.key(seed))
-    return f64(params), perturb_running_stats(f64(state))
-
-
 # ---------------------------------------------------------------------------------- parity
 
 
@@ -49,7 +44,7 @@ def _init64(model, seed=0):
 @pytest.mark.parametrize("train", [False, True])
 def test_tiny_parity_with_reference(train, masked_se):
     model, ref = _pair(masked_se=masked_se)
-    params, state = _init64(model)
+    params, state = init64(model)
     x, lengths = _batch()
     check_parity(model, ref, params, state, x, lengths, train)
 
@@ -57,20 +52,13 @@ def test_tiny_parity_with_reference(train, masked_se):
 def test_parity_with_strides_dropout_in_eval_and_a_wider_stem():
     kw = dict(filters=(8, 16, 16), kernel_sizes=(3, 5, 3), strides=(2, 2, 1), stem_filters=24)
     model, ref = _pair(dropout=0.2, repeat=3, **kw)
-    params, state = _init64(model, seed=2)
+    params, state = init64(model, seed=2)
     x, lengths = _batch(seed=3, batch=2, steps=19, lengths=(19, 6))
     check_parity(model, ref, params, state, x, lengths, train=False)
 
 
 def test_parity_in_float32_is_exact():
-    model, ref = _pair()
-    params, state = model.init(fctc.random.key(1))
-    x, lengths = _batch(dtype=torch.float32)
-    load_fctc(ref, params, state).eval()
-    (y, out_lengths), _ = model.apply(params, state, x, lengths)
-    with torch.no_grad():
-        ry, r_lengths = ref(x, lengths)
-    assert torch.equal(y, ry) and torch.equal(out_lengths, r_lengths)
+    assert_exact_in_float32(*_pair(), *_batch(dtype=torch.float32))
 
 
 def test_squeeze_excite_alone_matches_reference():
@@ -193,7 +181,7 @@ def padded_batches(draw):
 @pytest.fixture(scope="module")
 def tiny_masked():
     model = models.citrinet_encoder(feat_in=FEAT, masked_se=True, **TINY)
-    return (model, *_init64(model, seed=5))
+    return (model, *init64(model, seed=5))
 
 
 def _valid(y, lengths, b):
@@ -220,7 +208,7 @@ def test_masked_se_encoder_is_padding_invariant_in_eval(tiny_masked, batch, extr
 def test_thunder_se_sees_the_padding():
     """Thunder's squeeze-excite averages over padding too: documented, so tested."""
     model = models.citrinet_encoder(feat_in=FEAT, **TINY)
-    params, state = _init64(model, seed=5)
+    params, state = init64(model, seed=5)
     x, lengths = _batch(lengths=(10, 10, 10))
     (y, out_lengths), _ = model.apply(params, state, x, lengths)
     (y2, _), _ = model.apply(params, state, _pad(x, lengths, 8, 3.0), lengths)

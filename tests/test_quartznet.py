@@ -10,11 +10,11 @@ from reference_thunder import (
     ConvBlock,
     MaskedConv1d,
     QuartznetEncoder,
+    assert_exact_in_float32,
     assert_same_layout,
     check_parity,
-    f64,
+    init64,
     load_fctc,
-    perturb_running_stats,
 )
 
 import fctc
@@ -45,8 +45,7 @@ def _batch(seed=0, batch=3, steps=21, lengths=(21, 14, 5), dtype=torch.float64):
 @pytest.mark.parametrize("train", [False, True])
 def test_tiny_parity_with_reference(train):
     model, ref = _tiny()
-    params, state = model.init(fctc.random.key(0))
-    params, state = f64(params), perturb_running_stats(f64(state))
+    params, state = init64(model)
     x, lengths = _batch()
     new_state = check_parity(model, ref, params, state, x, lengths, train)
     if not train:
@@ -57,21 +56,13 @@ def test_tiny_parity_with_reference(train):
 
 def test_parity_with_dropout_in_eval_mode_and_two_repeat_blocks():
     model, ref = _tiny(dropout=0.3, repeat_blocks=2, repeat=3)
-    params, state = model.init(fctc.random.key(3))
-    params, state = f64(params), perturb_running_stats(f64(state))
+    params, state = init64(model, seed=3)
     x, lengths = _batch(seed=4, batch=2, steps=17, lengths=(9, 17))
     check_parity(model, ref, params, state, x, lengths, train=False)
 
 
 def test_parity_in_float32_is_exact():
-    model, ref = _tiny()
-    params, state = model.init(fctc.random.key(1))
-    x, lengths = _batch(dtype=torch.float32)
-    load_fctc(ref, params, state).eval()
-    (y, out_lengths), _ = model.apply(params, state, x, lengths)
-    with torch.no_grad():
-        ry, r_lengths = ref(x, lengths)
-    assert torch.equal(y, ry) and torch.equal(out_lengths, r_lengths)
+    assert_exact_in_float32(*_tiny(), *_batch(dtype=torch.float32))
 
 
 def test_output_lengths_halve_rounding_up():
@@ -123,8 +114,7 @@ def test_strided_residual_block_matches_reference(train):
     """QuartzNet-style striding: every sub-block strides, the residual by stride ** repeat."""
     kw = dict(repeat=2, kernel_size=3, stride=2, residual=True, separable=True)
     block = models.conv_block(4, 8, **kw)
-    params, state = block.init(fctc.random.key(2))
-    params, state = f64(params), perturb_running_stats(f64(state))
+    params, state = init64(block, seed=2)
     x, lengths = torch.randn(2, 4, 13, dtype=torch.float64), torch.tensor([13, 6])
     ref = ConvBlock(4, 8, **kw)
     assert dict(ref.res[0].conv.named_parameters())["weight"].shape == (8, 4, 1)
@@ -246,8 +236,7 @@ def padded_batches(draw):
 @pytest.fixture(scope="module")
 def tiny64():
     model = models.quartznet_encoder(FEAT, **TINY)
-    params, state = model.init(fctc.random.key(11))
-    return model, f64(params), perturb_running_stats(f64(state))
+    return (model, *init64(model, seed=11))
 
 
 def _valid(y, lengths, b):
