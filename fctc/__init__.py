@@ -20,4 +20,4 @@ from . import (  # noqa: F401
 )
 from .adapter import FunctionalModule  # noqa: F401
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402,F401

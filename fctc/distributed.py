@@ -62,8 +62,8 @@ import torch
 import torch.distributed as _dist
 
 from . import tree as _tree
+from .optim.accumulation import MultiSteps
 from .optim.base import EmptyState, GradientTransformation, with_extra_args_support
-from .optim.wrappers import MultiSteps
 
 __all__ = [
     "init_from_env",
@@ -315,11 +315,19 @@ class DistributedMultiSteps(MultiSteps):
         self._group = group
 
     def update(self, updates: Any, state: Any, params: Any = None, **extra) -> tuple[Any, Any]:
-        """Accumulate; on the ``k``-th call all-reduce the accumulated gradient and run ``opt``."""
+        """Accumulate; on the ``k``-th call all-reduce the accumulated gradient and run ``opt``.
+
+        Args:
+          updates: this rank's gradients of this call.
+          state: the :class:`~fctc.optim.MultiStepsState`.
+          params: the parameters.
+          **extra: passed to ``opt``'s update.
+
+        Returns:
+          ``(updates, new_state)``, as :meth:`fctc.optim.MultiSteps.update`.
+        """
         if _active(self._group):
-            mini = state.mini_step
-            k = torch.as_tensor(self._every_k_schedule(state.gradient_step), device=mini.device)
-            extra["sync"] = mini == (k.to(mini.dtype) - 1)
+            extra["sync"] = self.emits(state)  # the all-reduce runs only where the window ends
         else:
             extra.pop("sync", None)
         return super().update(updates, state, params, **extra)

@@ -29,6 +29,7 @@ __all__ = [
     "full_like",
     "global_norm",
     "cast",
+    "device_of",
     "flatten_dict",
     "unflatten_dict",
     "paths",
@@ -96,9 +97,21 @@ def full_like(tree: PyTree, value: float, dtype: torch.dtype | None = None) -> P
 def global_norm(tree: PyTree, ord: float = 2.0) -> torch.Tensor:
     """The ``ord``-norm of all leaves taken together, as one float32 scalar tensor.
 
-    ``ord`` may be any positive number or ``inf`` (largest absolute value), matching
-    ``torch.nn.utils.clip_grad_norm_(norm_type=ord)``. An empty tree has norm 0. Leaves on
-    several devices are reduced on the device of the first leaf.
+    The one global norm of fctc: :func:`fctc.optim.clip_by_global_norm` clips by it and the
+    train step logs it. Matches ``torch.nn.utils.clip_grad_norm_(norm_type=ord)``.
+
+    Args:
+      tree: a pytree of tensors (a list of tensors is one). Empty leaves add nothing; integer
+        leaves count as their float values.
+      ord: any positive number, or ``inf`` (the largest absolute value).
+
+    Returns:
+      A 0-d float32 tensor on the device of the first non-empty leaf (0 for an empty tree):
+      per-leaf norms in the leaves' dtype, one fused kernel per (device, dtype), then their
+      norm in float32.
+
+    Raises:
+      ValueError: ``ord`` is not positive (or is NaN).
     """
     xs = [x for x in leaves(tree) if x.numel()]  # empty leaves add nothing (and break inf)
     ord = float(ord)
@@ -106,9 +119,14 @@ def global_norm(tree: PyTree, ord: float = 2.0) -> torch.Tensor:
         raise ValueError(f"global_norm: ord must be positive or inf, got {ord}")
     if not xs:
         return torch.zeros((), dtype=torch.float32)
-    device = xs[0].device
-    norms = _per_leaf_norms(xs, ord)
-    stacked = torch.stack([n.to(device=device, dtype=torch.float32) for n in norms])
+    device, dtype = xs[0].device, xs[0].dtype
+    if dtype.is_floating_point and all(x.dtype == dtype and x.device == device for x in xs):
+        stacked = torch.stack(torch._foreach_norm(xs, ord))  # the common case: one kernel
+        if dtype != torch.float32:
+            stacked = stacked.to(torch.float32)
+    else:
+        norms = _per_leaf_norms(xs, ord)
+        stacked = torch.stack([n.to(device=device, dtype=torch.float32) for n in norms])
     return torch.linalg.vector_norm(stacked, ord)
 
 
@@ -130,7 +148,16 @@ def _per_leaf_norms(xs: list[torch.Tensor], ord: float) -> list[torch.Tensor]:
 
 
 def cast(tree: PyTree, dtype: torch.dtype, only_floating: bool = True) -> PyTree:
-    """Cast leaves to ``dtype``. By default integer leaves (counters) are left as they are."""
+    """Cast leaves to ``dtype``; by default integer leaves (counters) are left as they are.
+
+    Args:
+      tree: a pytree of tensors.
+      dtype: the target dtype.
+      only_floating: cast floating leaves only (the default), or every leaf.
+
+    Returns:
+      A new tree (leaves already of ``dtype`` are returned as they are).
+    """
 
     def _cast(x):
         if only_floating and not x.is_floating_point():
@@ -140,32 +167,38 @@ def cast(tree: PyTree, dtype: torch.dtype, only_floating: bool = True) -> PyTree
     return map(_cast, tree)
 
 
-def _eager_on_cpu(xs: list) -> bool:
-    """True outside tracing when every tensor lives on the CPU: reading one back to the host
-    then costs no device synchronisation."""
-    from .backend import is_tracing
+def device_of(tree: PyTree) -> torch.device:
+    """The device of the first tensor leaf of ``tree``: where state built for it belongs.
 
-    return not is_tracing() and all(x.device.type == "cpu" for x in xs)
+    Args:
+      tree: a pytree (parameters, updates, a list of tensors).
+
+    Returns:
+      That leaf's device, or the CPU when the tree holds no tensor.
+    """
+    for x in leaves(tree):
+        if isinstance(x, torch.Tensor):
+            return x.device
+    return torch.device("cpu")
 
 
-def all_finite(tree: PyTree, norm: torch.Tensor | None = None) -> torch.Tensor:
+def all_finite(tree: PyTree) -> torch.Tensor:
     """A boolean scalar tensor: True when every floating leaf is free of NaN and Inf.
 
-    On accelerators and under tracing there is no host synchronisation: one ``isfinite``
-    reduction per leaf, and the answer stays a tensor. Eagerly on the CPU, a finite global
-    norm (``norm``, any p-norm the caller already has, else the 2-norm computed here) proves
-    every element finite, since a NaN or Inf anywhere makes such a norm NaN or Inf: one reduction
-    over all leaves instead of one mask per leaf. Only a non-finite norm (a bad element, or a
-    sum of squares that overflowed) falls back to the element-wise check. Same answer always.
+    One ``isfinite`` reduction per leaf and no host synchronisation, on every device and
+    under tracing. :func:`fctc.backend.all_finite` gives the same answer with an eager CPU
+    shortcut.
+
+    Args:
+      tree: a pytree of tensors; integer and bool leaves are always finite.
+
+    Returns:
+      A 0-d bool tensor (True for a tree without floating leaves), on the first floating
+      leaf's device.
     """
     xs = [x for x in leaves(tree) if x.is_floating_point()]
     if not xs:
         return torch.ones((), dtype=torch.bool)
-    if _eager_on_cpu(xs):
-        if norm is None:
-            norm = global_norm(xs)
-        if bool(torch.isfinite(norm)):
-            return torch.ones((), dtype=torch.bool)
     device = xs[0].device
     checks = [torch.isfinite(x).all().to(device) for x in xs]
     return torch.stack(checks).all()
@@ -174,27 +207,27 @@ def all_finite(tree: PyTree, norm: torch.Tensor | None = None) -> torch.Tensor:
 def select(pred: torch.Tensor, on_true: PyTree, on_false: PyTree) -> PyTree:
     """Leaf-wise ``torch.where(pred, on_true, on_false)`` for a boolean scalar ``pred``.
 
-    The result keeps ``on_false``'s dtypes and devices, and its non-tensor leaves come from
-    ``on_false``; NaN in the side not chosen never leaks into the result. Eagerly with a CPU
-    ``pred`` the choice is made once on the host and the chosen leaves come back as they are
-    (no copy of a whole parameter or optimiser-state tree); on accelerators and under tracing
-    a ``torch.where`` per leaf keeps the caller free of host synchronisations.
+    Branch-free (no host synchronisation, one compiled graph for both outcomes);
+    :func:`fctc.backend.select` makes the choice on the host where that costs nothing.
+
+    Args:
+      pred: a 0-d bool tensor.
+      on_true: the tree chosen where ``pred`` holds.
+      on_false: a tree of the same structure, chosen otherwise.
+
+    Returns:
+      A tree with ``on_false``'s dtypes and devices; its non-tensor leaves come from
+      ``on_false``. NaN in the side not chosen never leaks into the result.
     """
     a, spec = flatten(on_true)
     b = spec.flatten_up_to(on_false)
-    take_true = bool(pred) if _eager_on_cpu([pred]) else None
     out = []
     for x, y in zip(a, b):
         if not isinstance(y, torch.Tensor):
             out.append(y)
             continue
-        if take_true is False:
-            out.append(y)
-            continue
         x = torch.as_tensor(x, device=y.device)
-        if take_true is None:
-            x = torch.where(pred.to(y.device), x, y)
-        out.append(x.to(y.dtype))
+        out.append(torch.where(pred.to(y.device), x, y).to(y.dtype))
     return unflatten(spec, out)
 
 
