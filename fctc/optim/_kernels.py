@@ -31,7 +31,7 @@ import torch
 
 from .. import backend as _backend
 from ._leaves import Scalar, bias_correction, ema, ema_sq, like_dtypes, sc
-from .base import added, safe_int32_increment
+from .base import _added, safe_int32_increment
 
 #: Target number of elements per block when CPU updates are cache-blocked.
 BLOCK_ELEMENTS = 1 << 18
@@ -183,7 +183,7 @@ def _adam_foreach_kernel(gs, ms, vs, ps, keep, *, h, bc, factor, apply, donate):
         gs = list(torch._foreach_mul(gs, factor.to(gs[0].device)))
     upd, mu, nu = _adam_foreach(gs, ms, vs, ps, keep, h, bc)
     if apply:
-        return added(ps, upd, donate, checked=True), mu, nu
+        return _added(ps, upd, donate, checked=True), mu, nu
     return upd, mu, nu
 
 

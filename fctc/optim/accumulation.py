@@ -12,7 +12,7 @@ fctc has one accumulation story with two places:
 
 :func:`every_n_steps` (speechain's ``step_per_update``) runs its inner transformation on every
 ``n``-th call and discards the gradients in between. Both decide per call with one rule
-(:func:`run_when`): compiled, the inner update runs at every call and is selected with
+(:func:`_run_when`): compiled, the inner update runs at every call and is selected with
 ``torch.where`` (branch-free, one graph); eagerly, a call that emits nothing skips it (one host
 read of a counter).
 """
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-def run_when(on: torch.Tensor, tx: Any, updates: Any, inner_state: Any, params: Any, extra: dict):
+def _run_when(on: torch.Tensor, tx: Any, updates: Any, inner_state: Any, params: Any, extra: dict):
     """``tx``'s update where ``on`` holds; zero updates and the old inner state elsewhere.
 
     Args:
@@ -139,7 +139,7 @@ class MultiSteps:
 
     Each :meth:`update` folds the incoming gradient into ``acc_grads`` and returns zeros, except
     on the ``k``-th call, where the inner optimiser runs on the accumulated gradient and its
-    update is returned (see :func:`run_when` for how a call that does not emit is skipped).
+    update is returned (see :func:`_run_when` for how a call that does not emit is skipped).
     For micro-batches inside one step prefer ``make_train_step(..., accum_steps=k)``.
 
     Args:
@@ -259,7 +259,7 @@ class MultiSteps:
         emit = mini == (k - 1)
         keep = ~should_skip
         step_on = emit & keep
-        out_updates, new_inner = run_when(step_on, self._opt, acc_as_updates, state.inner_opt_state, params, extra)
+        out_updates, new_inner = _run_when(step_on, self._opt, acc_as_updates, state.inner_opt_state, params, extra)
         acc_out = [torch.where(emit, torch.zeros_like(a), a) for a in new_accs]
         new_state = MultiStepsState(
             mini_step=torch.where(keep, torch.remainder(safe_int32_increment(mini), k), mini),
@@ -304,7 +304,7 @@ def every_n_steps(inner: GradientTransformation, n: int) -> GradientTransformati
     """Run ``inner`` only on every ``n``-th call (calls n, 2n, ...) (speechain's ``step_per_update``).
 
     Other calls give zero updates, leave ``inner``'s state untouched and discard their
-    gradient (see :func:`run_when` for how they are skipped).
+    gradient (see :func:`_run_when` for how they are skipped).
 
     Args:
       inner: the transformation to run.
@@ -329,7 +329,7 @@ def every_n_steps(inner: GradientTransformation, n: int) -> GradientTransformati
             new_updates, new_inner = inner.update(updates, state.inner_state, params, **extra)
             return new_updates, EveryNStepsState(state.count + 1, new_inner)
         on = torch.remainder(state.count + 1, n) == 0
-        out, new_inner = run_when(on, inner, updates, state.inner_state, params, extra)
+        out, new_inner = _run_when(on, inner, updates, state.inner_state, params, extra)
         return out, EveryNStepsState(state.count + 1, new_inner)
 
     return GradientTransformation(init, update)

@@ -22,8 +22,8 @@ from .base import EmptyState, FusedTransformation, GradientTransformation, chain
 from .masking import MaskedState
 from .transforms import (
     ScaleByScheduleState,
-    adam_init,
-    adam_step,
+    _adam_init,
+    _adam_step,
     scale_by_learning_rate,
     scale_by_rms,
     scale_by_stddev,
@@ -78,7 +78,7 @@ def _fused_adam(learning_rate, h: AdamHyper, mu_dtype, decay: bool, mask: Any = 
 
     def init(params):
         wd_state = [] if not decay else [EmptyState() if mask is None else MaskedState(EmptyState())]
-        return (adam_init(params, mu_dtype), *wd_state, lr_tx.init(params))
+        return (_adam_init(params, mu_dtype), *wd_state, lr_tx.init(params))
 
     def run(updates, state, params, scale, apply, donate):
         if not isinstance(state, tuple) or len(state) != n:
@@ -92,7 +92,7 @@ def _fused_adam(learning_rate, h: AdamHyper, mu_dtype, decay: bool, mask: Any = 
         else:
             lr = learning_rate
         keep = None if wd_mask is None else wd_mask.per_leaf(updates)
-        out, adam_state = adam_step(
+        out, adam_state = _adam_step(
             updates, state[0], params, h._replace(lr=-lr), keep=keep, scale=scale, apply=apply, donate=donate
         )
         return out, (adam_state, *state[1:-1], lr_state)

@@ -126,7 +126,7 @@ def safe_int32_increment(count: torch.Tensor) -> torch.Tensor:
     return torch.where(count < _INT32_MAX, count + 1, count)
 
 
-def accepts_extra(fn: Callable) -> bool:
+def _accepts_extra(fn: Callable) -> bool:
     """Whether ``fn`` takes ``**kwargs`` (unknown signatures count as yes)."""
     try:
         sig = inspect.signature(fn)
@@ -145,7 +145,7 @@ def with_extra_args_support(tx: Any) -> Any:
       ``tx`` itself when its update takes ``**extra`` (fctc's own always do), else a
       :class:`GradientTransformation` whose update drops them.
     """
-    if accepts_extra(tx.update):
+    if _accepts_extra(tx.update):
         return tx
 
     def update(updates, state, params=None, **extra):
@@ -167,7 +167,7 @@ def _checked(tx: Any, where: str) -> Any:
 # --- the forwarding rules: how a scale and an apply reach any transformation -----------------
 
 
-def scaled_update(tx: Any, updates: Updates, state: OptState, params: Params, scale: GlobalScale | None,
+def _scaled_update(tx: Any, updates: Updates, state: OptState, params: Params, scale: GlobalScale | None,
                   extra: dict) -> tuple[Updates, OptState]:
     """``tx.update(updates * scale.factor, ...)``: inside ``tx``'s kernel when it is fused,
     else by multiplying first."""
@@ -178,17 +178,17 @@ def scaled_update(tx: Any, updates: Updates, state: OptState, params: Params, sc
     return tx.update(updates, state, params, **extra)
 
 
-def scaled_apply(tx: Any, updates: Updates, state: OptState, params: Params, scale: GlobalScale | None,
+def _scaled_apply(tx: Any, updates: Updates, state: OptState, params: Params, scale: GlobalScale | None,
                  donate: bool, extra: dict) -> tuple[Params, OptState]:
     """``params + tx.update(updates * scale.factor, ...)``: ``tx.apply`` when it is fused,
     else the update followed by the sum (in place on donated parameters)."""
     if isinstance(tx, FusedTransformation):
         return tx.apply(updates, state, params, scale=scale, donate=donate, **extra)
-    new_updates, new_state = scaled_update(tx, updates, state, params, scale, extra)
+    new_updates, new_state = _scaled_update(tx, updates, state, params, scale, extra)
     ps, spec = _tree.flatten(params)
     if not ps:
         return params, new_state
-    return _tree.unflatten(spec, added(ps, spec.flatten_up_to(new_updates), donate)), new_state
+    return _tree.unflatten(spec, _added(ps, spec.flatten_up_to(new_updates), donate)), new_state
 
 
 # --- chain ------------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def _run_chain(txs, updates, state, params, extra, scale, apply, donate):
         if apply and i == last:
             updates, new_state[i] = txs[i].apply(updates, state[i], params, scale=scale, donate=donate, **extra)
         else:
-            updates, new_state[i] = scaled_update(txs[i], updates, state[i], params, scale, extra)
+            updates, new_state[i] = _scaled_update(txs[i], updates, state[i], params, scale, extra)
         scale, i = None, i + 1
     return updates, tuple(new_state)
 
@@ -363,21 +363,21 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     us = spec.flatten_up_to(updates)
     if not ps:
         return params
-    return _tree.unflatten(spec, added(ps, us, donate=False))
+    return _tree.unflatten(spec, _added(ps, us, donate=False))
 
 
-def added(ps: list, us: list, donate: bool, checked: bool = False) -> list:
+def _added(ps: list, us: list, donate: bool, checked: bool = False) -> list:
     """``p + u`` in each parameter's dtype; in place on ``ps`` when ``donate`` allows it
-    (:func:`can_donate`) and the updates are finite. ``checked``: the caller has made sure
+    (:func:`_can_donate`) and the updates are finite. ``checked``: the caller has made sure
     of both."""
     us = [u.to(p.dtype) if u.dtype != p.dtype else u for p, u in zip(ps, us)]
-    if donate and (checked or (can_donate(ps) and bool(_backend.all_finite(us)))):
+    if donate and (checked or (_can_donate(ps) and bool(_backend.all_finite(us)))):
         torch._foreach_add_(ps, us)
         return list(ps)
     return list(torch._foreach_add(ps, us))
 
 
-def can_donate(*lists: list) -> bool:
+def _can_donate(*lists: list) -> bool:
     """Whether tensors given up by their caller may be overwritten in place.
 
     Not under tracing (a compiled function stays pure; the compiler plans its own buffers),
@@ -457,4 +457,4 @@ def update_and_apply(
     scale = None if norm is None else GlobalScale(None, norm)
     if isinstance(tx, FusedTransformation):
         return tx.apply(updates, state, params, scale=scale, donate=donate, **extra)
-    return scaled_apply(tx, updates, state, params, None, donate, extra)
+    return _scaled_apply(tx, updates, state, params, None, donate, extra)

@@ -22,10 +22,10 @@ from .. import tree as _tree
 from ._leaves import float_dtype
 from .base import (
     FusedTransformation,
-    accepts_extra,
+    _accepts_extra,
     safe_int32_increment,
-    scaled_apply,
-    scaled_update,
+    _scaled_apply,
+    _scaled_update,
 )
 
 __all__ = ["InjectHyperparamsState", "inject_hyperparams", "find_hyperparams"]
@@ -176,7 +176,7 @@ def _injected(inner_factory: Callable, split: _Split, hyperparam_dtype) -> Fused
         hps.update({k: _as_hyperparam(f(count), dtype, device) for k, f in split.scheduled.items()})
         tx = inner_factory(**split.other, **hps)
         if "v" not in takes_extra:
-            takes_extra["v"] = isinstance(tx, FusedTransformation) or accepts_extra(tx.update)
+            takes_extra["v"] = isinstance(tx, FusedTransformation) or _accepts_extra(tx.update)
         return tx, hps
 
     def rebuilt(state, params, updates):
@@ -195,13 +195,13 @@ def _injected(inner_factory: Callable, split: _Split, hyperparam_dtype) -> Fused
     def update(updates, state, params=None, *, scale=None, **extra):
         tx, hps = rebuilt(state, params, updates)
         extra = extra if takes_extra["v"] else {}
-        updates, inner_state = scaled_update(tx, updates, state.inner_state, params, scale, extra)
+        updates, inner_state = _scaled_update(tx, updates, state.inner_state, params, scale, extra)
         return updates, new_state(state, hps, inner_state)
 
     def apply(updates, state, params, *, scale=None, donate=False, **extra):
         tx, hps = rebuilt(state, params, updates)
         extra = extra if takes_extra["v"] else {}
-        params, inner_state = scaled_apply(tx, updates, state.inner_state, params, scale, donate, extra)
+        params, inner_state = _scaled_apply(tx, updates, state.inner_state, params, scale, donate, extra)
         return params, new_state(state, hps, inner_state)
 
     return FusedTransformation(init, update, apply)

@@ -47,7 +47,7 @@ class MultiTransformState(NamedTuple):
     inner_states: Mapping[Hashable, Any]
 
 
-def static_bool(m: Any, where: str) -> bool:
+def _static_bool(m: Any, where: str) -> bool:
     """A mask value as a Python bool (a one-element tensor is read once), else a TypeError."""
     if isinstance(m, torch.Tensor):
         if m.numel() != 1:
@@ -114,7 +114,7 @@ def masked(
       A :class:`~fctc.optim.GradientTransformation` with :class:`MaskedState`.
     """
     inner = with_extra_args_support(inner)
-    resolved = PrefixTree(mask, "masked", static_bool)
+    resolved = PrefixTree(mask, "masked", _static_bool)
 
     def init(params):
         leaves, spec = _tree.flatten(params)
@@ -227,7 +227,7 @@ def selective_transform(optimizer: GradientTransformation, *, freeze_mask: Any) 
     """
 
     def label(m):
-        return "freeze" if static_bool(m, "selective_transform") else "train"
+        return "freeze" if _static_bool(m, "selective_transform") else "train"
 
     if callable(freeze_mask):
         labels = lambda params: _tree.map(label, freeze_mask(params))  # noqa: E731

@@ -37,7 +37,7 @@ from ._leaves import (
     scaled,
     tree_zeros,
 )
-from .base import EmptyState, GlobalScale, GradientTransformation, can_donate, safe_int32_increment
+from .base import EmptyState, GlobalScale, GradientTransformation, _can_donate, safe_int32_increment
 from .masking import masked
 
 __all__ = [
@@ -187,7 +187,7 @@ def scale_by_learning_rate(
 # --------------------------------------------------------------------------------------------
 
 
-def adam_step(updates, state, params, h: AdamHyper, *, keep=None, scale: GlobalScale | None = None,
+def _adam_step(updates, state, params, h: AdamHyper, *, keep=None, scale: GlobalScale | None = None,
               apply=False, donate=False):
     """One Adam update over whole trees: ``(updates or new params, ScaleByAdamState)``.
 
@@ -213,7 +213,7 @@ def adam_step(updates, state, params, h: AdamHyper, *, keep=None, scale: GlobalS
     # buffers: the caller can still discard the (non-finite) result and keep its old state,
     # as the train step does. A finite norm handed over with the scale proves them finite.
     norm = None if scale is None else scale.norm
-    donate = apply and donate and can_donate(ps, ms_c, vs_c, gs) and bool(_backend.all_finite(gs, norm))
+    donate = apply and donate and _can_donate(ps, ms_c, vs_c, gs) and bool(_backend.all_finite(gs, norm))
     factor = None if scale is None else scale.factor
     out, mu, nu = _kernels.adam(
         gs, ms_c, vs_c, ps, keep, count, h.on(lv.device), factor=factor, apply=apply, donate=donate
@@ -225,7 +225,7 @@ def adam_step(updates, state, params, h: AdamHyper, *, keep=None, scale: GlobalS
     return lv.build(out), state
 
 
-def adam_init(params: Any, mu_dtype: torch.dtype | None) -> ScaleByAdamState:
+def _adam_init(params: Any, mu_dtype: torch.dtype | None) -> ScaleByAdamState:
     """Adam's initial state: a zero count and zero moments (``mu`` in ``mu_dtype``)."""
     return ScaleByAdamState(count=_count_like(params), mu=tree_zeros(params, mu_dtype), nu=tree_zeros(params))
 
@@ -264,11 +264,11 @@ def scale_by_adam(
     h = AdamHyper(b1, b2, eps, eps_root, nesterov, None, None, check_cpu_kernel(cpu_kernel, "scale_by_adam"))
 
     def init(params):
-        return adam_init(params, mu_dtype)
+        return _adam_init(params, mu_dtype)
 
     def update(updates, state, params=None, **extra):
         del params, extra
-        return adam_step(updates, state, None, h)
+        return _adam_step(updates, state, None, h)
 
     return GradientTransformation(init, update)
 
