@@ -112,14 +112,11 @@ def select(pred: torch.Tensor, on_true: Any, on_false: Any) -> Any:
         return _tree.select(pred, on_true, on_false)
     if not bool(pred):
         return on_false
-
-    def chosen(x, y):
-        if not isinstance(y, torch.Tensor):
-            return y
-        return torch.as_tensor(x, device=y.device).to(y.dtype)
-
     a, spec = _tree.flatten(on_true)
-    return _tree.unflatten(spec, [chosen(x, y) for x, y in zip(a, spec.flatten_up_to(on_false))])
+    out = []
+    for x, y in zip(a, spec.flatten_up_to(on_false)):
+        out.append(torch.as_tensor(x, device=y.device).to(y.dtype) if isinstance(y, torch.Tensor) else y)
+    return _tree.unflatten(spec, out)
 
 
 def _check_argnums(argnums: int | Sequence[int], nargs: int) -> tuple[int, ...]:

@@ -145,8 +145,8 @@ def with_extra_args_support(tx: Any) -> Any:
       ``tx`` itself when its update takes ``**extra`` (fctc's own always do), else a
       :class:`GradientTransformation` whose update drops them.
     """
-    if _accepts_extra(tx.update):
-        return tx
+    if isinstance(tx, (ScalingTransformation, FusedTransformation)) or _accepts_extra(tx.update):
+        return tx  # fctc's fused kinds take **extra by contract
 
     def update(updates, state, params=None, **extra):
         del extra
@@ -451,10 +451,9 @@ def update_and_apply(
       TypeError: ``tx`` is not a transformation.
       ValueError: ``params`` is None.
     """
-    tx = _checked(tx, "update_and_apply")
     if params is None:
         raise ValueError("update_and_apply: the parameters are needed; got params=None")
-    scale = None if norm is None else GlobalScale(None, norm)
     if isinstance(tx, FusedTransformation):
+        scale = None if norm is None else GlobalScale(None, norm)
         return tx.apply(updates, state, params, scale=scale, donate=donate, **extra)
-    return _scaled_apply(tx, updates, state, params, None, donate, extra)
+    return _scaled_apply(_checked(tx, "update_and_apply"), updates, state, params, None, donate, extra)
