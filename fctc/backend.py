@@ -163,6 +163,15 @@ def value_and_grad(
     returned function gives ``(value, grads)`` or ``((value, aux), grads)``; ``grads`` mirrors
     the pytree of the argument named by ``argnums`` (a tuple of them when ``argnums`` is a
     tuple). Leaves the value does not depend on get zero gradients. Inputs are never mutated.
+
+    Args:
+      fn: the function to differentiate.
+      argnums: the positional argument(s) to differentiate with respect to.
+      has_aux: ``fn`` returns ``(value, aux)``.
+
+    Returns:
+      The function computing ``(value, grads)`` (``((value, aux), grads)`` with ``has_aux``);
+      it raises ``TypeError``/``ValueError`` for a non-scalar value or bad ``argnums``.
     """
 
     @functools.wraps(fn)
@@ -242,7 +251,16 @@ def _autograd_path(fn, nums, argnums, has_aux, args, kwargs):
 def grad(
     fn: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False
 ) -> Callable[..., Any]:
-    """Return a function computing the gradient of ``fn`` (``(grads, aux)`` with ``has_aux``)."""
+    """Return a function computing the gradient of ``fn`` (``(grads, aux)`` with ``has_aux``).
+
+    Args:
+      fn: the function to differentiate.
+      argnums: the positional argument(s) to differentiate with respect to.
+      has_aux: ``fn`` returns ``(value, aux)``.
+
+    Returns:
+      The function computing the gradients.
+    """
     vg = value_and_grad(fn, argnums=argnums, has_aux=has_aux)
 
     @functools.wraps(fn)
@@ -261,6 +279,14 @@ def vjp(fn: Callable[..., Any], *primals: Any, has_aux: bool = False):
     that get no cotangent) and returns a tuple with one gradient pytree per primal. It may be
     called several times, which is how one forward pass serves several losses (multi-loss
     routing). Leaves of ``out`` that no cotangent reaches cost nothing in the backward pass.
+
+    Args:
+      fn: the function.
+      *primals: its arguments (pytrees of floating tensors).
+      has_aux: ``fn`` returns ``(out, aux)``.
+
+    Returns:
+      ``(out, vjp_fn)`` or ``(out, vjp_fn, aux)``.
     """
     if is_tracing():
         res = torch.func.vjp(fn, *primals, has_aux=has_aux)
@@ -311,7 +337,17 @@ def vmap(
     randomness: str = "error",
     chunk_size: int | None = None,
 ) -> Callable[..., Any]:
-    """Vectorise ``fn`` over a batch dimension (``torch.func.vmap``)."""
+    """Vectorise ``fn`` over a batch dimension (``torch.func.vmap``).
+
+    Args:
+      fn: the function of one example.
+      in_dims, out_dims: the batch dimensions of the inputs and outputs.
+      randomness: torch.func's randomness mode.
+      chunk_size: examples per chunk (None: all at once).
+
+    Returns:
+      The vectorised function.
+    """
     return torch.func.vmap(
         fn, in_dims=in_dims, out_dims=out_dims, randomness=randomness, chunk_size=chunk_size
     )
@@ -332,6 +368,14 @@ def jit(
     Usable as ``jit(fn)``, ``jit(fn, enabled=flag)`` or as a decorator ``@jit(fullgraph=True)``.
     The function must be pure (no mutation of its inputs, randomness only from keys), which is
     what lets the compiled and the eager paths agree.
+
+    Args:
+      fn: the function (None: return a decorator).
+      enabled: compile (else return ``fn`` itself).
+      fullgraph, dynamic, mode, backend, options: ``torch.compile``'s.
+
+    Returns:
+      The compiled function (or ``fn``, or a decorator).
     """
     if fn is None:
         return functools.partial(

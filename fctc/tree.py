@@ -46,12 +46,31 @@ def map(fn: Callable[..., Any], tree: PyTree, *rest: PyTree, is_leaf=None) -> Py
     """Apply ``fn`` leaf-wise over one or more trees of the same structure.
 
     ``fn`` receives one leaf from each tree. The result has the structure of ``tree``.
+
+    Args:
+      fn: the function of one leaf per tree.
+      tree: the first tree; its structure is the result's.
+      *rest: more trees of the same structure.
+      is_leaf: a predicate that stops the descent (optree's).
+
+    Returns:
+      The mapped tree.
     """
     return optree.tree_map(fn, tree, *rest, is_leaf=is_leaf, namespace=_NS)
 
 
 def map_with_path(fn: Callable[..., Any], tree: PyTree, *rest: PyTree, is_leaf=None) -> PyTree:
-    """Like :func:`map`, but ``fn`` first receives the leaf's ``"a.b.c"`` key."""
+    """Like :func:`map`, but ``fn`` first receives the leaf's ``"a.b.c"`` key.
+
+    Args:
+      fn: ``fn(key, leaf, *other_leaves)``.
+      tree: the first tree.
+      *rest: more trees of the same structure.
+      is_leaf: a predicate that stops the descent.
+
+    Returns:
+      The mapped tree.
+    """
     keys = paths(tree, is_leaf=is_leaf)
     flat, spec = optree.tree_flatten(tree, is_leaf=is_leaf, namespace=_NS)
     others = [spec.flatten_up_to(r) for r in rest]
@@ -60,37 +79,94 @@ def map_with_path(fn: Callable[..., Any], tree: PyTree, *rest: PyTree, is_leaf=N
 
 
 def leaves(tree: PyTree, is_leaf=None) -> list[Any]:
-    """The leaves of ``tree`` in optree's canonical order (dict keys sorted)."""
+    """The leaves of ``tree`` in optree's canonical order (dict keys sorted).
+
+    Args:
+      tree: a pytree.
+      is_leaf: a predicate that stops the descent.
+
+    Returns:
+      The list of leaves.
+    """
     return optree.tree_leaves(tree, is_leaf=is_leaf, namespace=_NS)
 
 
 def flatten(tree: PyTree, is_leaf=None) -> tuple[list[Any], Any]:
-    """Return ``(leaves, treedef)``; :func:`unflatten` inverts it."""
+    """Return ``(leaves, treedef)``; :func:`unflatten` inverts it.
+
+    Args:
+      tree: a pytree.
+      is_leaf: a predicate that stops the descent.
+
+    Returns:
+      ``(leaves, treedef)``.
+    """
     return optree.tree_flatten(tree, is_leaf=is_leaf, namespace=_NS)
 
 
 def unflatten(treedef: Any, leaves_: list[Any]) -> PyTree:
-    """Rebuild a tree from a ``treedef`` (from :func:`flatten` or :func:`structure`) and leaves."""
+    """Rebuild a tree from a ``treedef`` (from :func:`flatten` or :func:`structure`) and leaves.
+
+    Args:
+      treedef: the structure.
+      leaves_: one value per leaf, in order.
+
+    Returns:
+      The tree.
+    """
     return optree.tree_unflatten(treedef, leaves_)
 
 
 def structure(tree: PyTree, is_leaf=None) -> Any:
-    """The tree definition of ``tree`` (its shape without the leaves)."""
+    """The tree definition of ``tree`` (its shape without the leaves).
+
+    Args:
+      tree: a pytree.
+      is_leaf: a predicate that stops the descent.
+
+    Returns:
+      The treedef.
+    """
     return optree.tree_structure(tree, is_leaf=is_leaf, namespace=_NS)
 
 
 def zeros_like(tree: PyTree, dtype: torch.dtype | None = None) -> PyTree:
-    """A tree of zero tensors shaped like ``tree`` (optionally of another dtype)."""
+    """A tree of zero tensors shaped like ``tree`` (optionally of another dtype).
+
+    Args:
+      tree: a pytree of tensors.
+      dtype: the result's dtype (default: each leaf's).
+
+    Returns:
+      The tree of zeros.
+    """
     return map(lambda x: torch.zeros_like(x, dtype=dtype), tree)
 
 
 def ones_like(tree: PyTree, dtype: torch.dtype | None = None) -> PyTree:
-    """A tree of one-filled tensors shaped like ``tree``."""
+    """A tree of one-filled tensors shaped like ``tree``.
+
+    Args:
+      tree: a pytree of tensors.
+      dtype: the result's dtype (default: each leaf's).
+
+    Returns:
+      The tree of ones.
+    """
     return map(lambda x: torch.ones_like(x, dtype=dtype), tree)
 
 
 def full_like(tree: PyTree, value: float, dtype: torch.dtype | None = None) -> PyTree:
-    """A tree of tensors shaped like ``tree`` filled with ``value``."""
+    """A tree of tensors shaped like ``tree`` filled with ``value``.
+
+    Args:
+      tree: a pytree of tensors.
+      value: the fill value.
+      dtype: the result's dtype (default: each leaf's).
+
+    Returns:
+      The filled tree.
+    """
     return map(lambda x: torch.full_like(x, value, dtype=dtype), tree)
 
 
@@ -232,12 +308,28 @@ def select(pred: torch.Tensor, on_true: PyTree, on_false: PyTree) -> PyTree:
 
 
 def size(tree: PyTree) -> int:
-    """The total number of elements over all leaves (a parameter count)."""
+    """The total number of elements over all leaves (a parameter count).
+
+    Args:
+      tree: a pytree of tensors.
+
+    Returns:
+      The number of elements.
+    """
     return sum(x.numel() for x in leaves(tree))
 
 
 def paths(tree: PyTree, sep: str = ".", is_leaf=None) -> list[str]:
-    """The ``sep``-joined key of every leaf, in the order of :func:`leaves`."""
+    """The ``sep``-joined key of every leaf, in the order of :func:`leaves`.
+
+    Args:
+      tree: a pytree.
+      sep: the separator.
+      is_leaf: a predicate that stops the descent.
+
+    Returns:
+      One key per leaf.
+    """
     ps = optree.tree_paths(tree, is_leaf=is_leaf, namespace=_NS)
     return [sep.join(str(p) for p in path) for path in ps]
 
@@ -247,6 +339,16 @@ def flatten_dict(tree: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
 
     Empty sub-dicts vanish (a layer without parameters has no ``state_dict`` entries).
     This is how a params pytree becomes a ``state_dict``.
+
+    Args:
+      tree: nested dicts with string keys.
+      sep: the separator.
+
+    Returns:
+      The flat dict.
+
+    Raises:
+      ValueError: an empty key, a key holding ``sep``, or no mapping at the top.
     """
     out: dict[str, Any] = {}
 
@@ -269,7 +371,18 @@ def flatten_dict(tree: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
 
 
 def unflatten_dict(flat: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
-    """Flat ``"a.b.c"`` keys back to nested dicts (the inverse of :func:`flatten_dict`)."""
+    """Flat ``"a.b.c"`` keys back to nested dicts (the inverse of :func:`flatten_dict`).
+
+    Args:
+      flat: ``{"a.b.c": value}``.
+      sep: the separator.
+
+    Returns:
+      The nested dicts.
+
+    Raises:
+      ValueError: a key that is both a leaf and a subtree.
+    """
     out: dict[str, Any] = {}
     for key, value in flat.items():
         parts = key.split(sep)

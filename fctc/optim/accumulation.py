@@ -183,7 +183,11 @@ class MultiSteps:
 
     @property
     def inner_opt(self) -> GradientTransformation:
-        """The wrapped optimiser."""
+        """The wrapped optimiser.
+
+        Returns:
+          The inner transformation.
+        """
         return self._opt
 
     def init(self, params: Any) -> MultiStepsState:

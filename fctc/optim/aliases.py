@@ -46,6 +46,15 @@ def sgd(
 
     ``chain(trace(momentum, nesterov), scale_by_learning_rate(learning_rate))``: the same
     iterates as ``torch.optim.SGD(lr, momentum, nesterov=nesterov)`` with ``dampening=0``.
+
+    Args:
+      learning_rate: a number, a 0-d tensor, or a schedule.
+      momentum: the momentum (None: plain SGD).
+      nesterov: Nesterov's momentum.
+      accumulator_dtype: the dtype of the momentum buffer.
+
+    Returns:
+      A :class:`~fctc.optim.GradientTransformation` (a :func:`~fctc.optim.chain`).
     """
     first = (
         trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
@@ -197,6 +206,17 @@ def rmsprop(
     ``chain(scale_by_rms or scale_by_stddev, scale_by_learning_rate, trace(momentum))``.
     ``torch.optim.RMSprop(lr, alpha=decay, eps, momentum, centered)`` is
     ``eps_in_sqrt=False`` (torch adds eps outside the root).
+
+    Args:
+      learning_rate: a number, a 0-d tensor, or a schedule.
+      decay, eps, initial_scale, eps_in_sqrt, bias_correction: as
+        :func:`~fctc.optim.scale_by_rms`.
+      centered: divide by the standard deviation (:func:`~fctc.optim.scale_by_stddev`).
+      momentum: a momentum after the learning rate (None: none).
+      nesterov: Nesterov's momentum.
+
+    Returns:
+      A :class:`~fctc.optim.GradientTransformation` (a :func:`~fctc.optim.chain`).
     """
     kw = dict(decay=decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=eps_in_sqrt,
               bias_correction=bias_correction)

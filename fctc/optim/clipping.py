@@ -166,6 +166,13 @@ def adaptive_grad_clip(clipping: Scalar, eps: Scalar = 1e-3) -> GradientTransfor
     Brock et al. (2021). Norms are taken unit-wise by :func:`unitwise_norm`; a unit whose update
     norm is below the bound passes unchanged, otherwise it is scaled by
     ``bound / max(norm, 1e-6)``. Needs ``params``.
+
+    Args:
+      clipping: the bound as a fraction of the parameter unit's norm.
+      eps: the smallest parameter norm used.
+
+    Returns:
+      A :class:`~fctc.optim.GradientTransformation` (empty state); its update raises ``ValueError`` without ``params``.
     """
 
     def init(params):

@@ -130,7 +130,14 @@ class TraceState(NamedTuple):
 
 
 def scale(step_size: Scalar) -> GradientTransformation:
-    """Multiply every update by ``step_size`` (a number or a 0-d tensor)."""
+    """Multiply every update by ``step_size`` (a number or a 0-d tensor).
+
+    Args:
+      step_size: the factor.
+
+    Returns:
+      A :class:`~fctc.optim.GradientTransformation` with :data:`ScaleState`.
+    """
 
     def init(params):
         del params
@@ -148,6 +155,12 @@ def scale_by_schedule(step_size_fn: Callable[[torch.Tensor], Scalar]) -> Gradien
 
     The count is an int32 tensor, so the schedule is evaluated with tensor arithmetic and a
     compiled step does not recompile as it advances.
+
+    Args:
+      step_size_fn: the schedule, ``count -> factor``.
+
+    Returns:
+      A :class:`~fctc.optim.GradientTransformation` with :class:`ScaleByScheduleState`.
     """
 
     def init(params):
@@ -175,6 +188,13 @@ def scale_by_learning_rate(
 
     ``learning_rate`` is a number, a 0-d tensor, or a schedule ``count -> value``; a schedule
     gives :func:`scale_by_schedule`'s state, a constant gives :func:`scale`'s (empty) state.
+
+    Args:
+      learning_rate: the learning rate.
+      flip_sign: descend (multiply by ``-learning_rate``).
+
+    Returns:
+      A :class:`~fctc.optim.GradientTransformation`.
     """
     sign = -1.0 if flip_sign else 1.0
     if callable(learning_rate):
@@ -310,6 +330,17 @@ def scale_by_rms(
     ``eps_in_sqrt`` (optax's default) or ``g / (sqrt(nu_hat) + eps)`` without (torch's RMSprop).
     ``nu_hat = nu / (1 - decay**t)`` with ``bias_correction``, else ``nu``; ``nu`` starts at
     ``initial_scale``.
+
+    Args:
+      decay: the moving average's decay.
+      eps: added to the mean square.
+      initial_scale: the initial ``nu``.
+      eps_in_sqrt: add ``eps`` inside the root (optax) or outside (torch).
+      bias_correction: divide by ``1 - decay**t``.
+
+    Returns:
+      A :class:`~fctc.optim.GradientTransformation` with :class:`ScaleByRmsState` (:class:`ScaleByRmsWithCountState` with
+      ``bias_correction``).
     """
 
     def init(params):
@@ -358,6 +389,17 @@ def scale_by_stddev(
     ``mu`` and ``nu`` are moving averages of ``g`` and ``g**2``; the update is
     ``g / sqrt(nu_hat - mu_hat**2 + eps)`` (or ``g / (sqrt(nu_hat - mu_hat**2) + eps)`` when
     ``eps_in_sqrt=False``, torch's ``RMSprop(centered=True)``).
+
+    Args:
+      decay: the moving averages' decay.
+      eps: added to the variance.
+      initial_scale: the initial ``nu``.
+      eps_in_sqrt: add ``eps`` inside the root (optax) or outside (torch).
+      bias_correction: divide by ``1 - decay**t``.
+
+    Returns:
+      A :class:`~fctc.optim.GradientTransformation` with :class:`ScaleByRStdDevState` (:class:`ScaleByRStdDevWithCountState`
+      with ``bias_correction``).
     """
 
     def init(params):
@@ -413,6 +455,14 @@ def trace(
 
     This is torch's SGD momentum buffer with ``dampening=0``. ``accumulator_dtype`` stores the
     trace in another dtype.
+
+    Args:
+      decay: the momentum.
+      nesterov: return Nesterov's look-ahead.
+      accumulator_dtype: the dtype of the trace (default: the parameters').
+
+    Returns:
+      A :class:`~fctc.optim.GradientTransformation` with :class:`TraceState`.
     """
 
     def init(params):
@@ -448,6 +498,13 @@ def add_decayed_weights(
     ``mask`` (a tree of bools shaped like the parameters, or a prefix of it, or a function
     ``params -> mask``) restricts the decay to the selected leaves, through
     :func:`fctc.optim.masked` as in optax.
+
+    Args:
+      weight_decay: the decay rate.
+      mask: the leaves that decay (None: all).
+
+    Returns:
+      A :class:`~fctc.optim.GradientTransformation`; its update raises ``ValueError`` without ``params``.
     """
 
     def init(params):

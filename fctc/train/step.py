@@ -39,6 +39,14 @@ def ctc_loss_fn(model: Model, blank: int, reduction: str = "thunder") -> LossFn:
     Returns ``loss_fn(params, model_state, batch, key) -> (loss, new_model_state)``, the
     contract every loss function given to :func:`make_train_step` follows. A loss function may
     also return a dict of named scalar losses for multi-loss routing.
+
+    Args:
+      model: the model.
+      blank: the blank index.
+      reduction: the CTC loss's reduction (:func:`fctc.losses.ctc_loss`).
+
+    Returns:
+      The loss function.
     """
 
     def loss_fn(params, model_state, batch, key):
@@ -52,7 +60,18 @@ def ctc_loss_fn(model: Model, blank: int, reduction: str = "thunder") -> LossFn:
 
 
 def autocast(precision: str, device: torch.device):
-    """The autocast context for ``precision`` ("fp32" gives a no-op context)."""
+    """The autocast context for ``precision`` ("fp32" gives a no-op context).
+
+    Args:
+      precision: one of :data:`PRECISIONS`.
+      device: the device the step runs on.
+
+    Returns:
+      A context manager.
+
+    Raises:
+      ValueError: an unknown precision.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
@@ -123,7 +142,15 @@ class TrainStep:
         self._compiled = backend.jit(self._step, enabled=jit)
 
     def init_state(self, key: torch.Tensor, **kwargs: Any) -> TrainState:
-        """A fresh :class:`TrainState` for this step (see :func:`fctc.train.init_train_state`)."""
+        """A fresh :class:`TrainState` for this step (see :func:`fctc.train.init_train_state`).
+
+        Args:
+          key: the run's key.
+          **kwargs: more :func:`fctc.train.init_train_state` arguments (``params``, ``device``).
+
+        Returns:
+          The first :class:`TrainState`.
+        """
         return init_train_state(
             self.model,
             self.tx,
@@ -298,7 +325,8 @@ def make_train_step(
         weighted by micro-batch size, inside the step: the update equals the full batch's for
         a batch-mean loss and a model without batch statistics (BatchNorm sees each
         micro-batch alone, as it would in smaller batches). Peak memory is one micro-batch's.
-        A batch of fewer utterances is split into one micro-batch per utterance.
+        A batch of fewer utterances is split into one micro-batch per utterance. (For one
+        micro-batch per call, accumulate across calls with :class:`fctc.optim.MultiSteps`.)
       precision: "fp32", "bf16" (autocast) or "fp16" (autocast plus dynamic loss scaling:
         the loss is scaled, gradients unscaled before the transformation chain, so before
         clipping, and a step with non-finite gradients is skipped, as GradScaler does).
@@ -319,6 +347,13 @@ def make_train_step(
     The metrics are tensors: ``loss``, ``grad_norm`` (of the unscaled gradients), ``finite``
     and, for fp16, ``loss_scale`` (per group ``loss/<name>`` and ``grad_norm/<name>`` when
     routed).
+
+    Returns:
+      The :class:`TrainStep`.
+
+    Raises:
+      ValueError: a bad precision or ``accum_steps``, no ``blank`` for the default loss, or
+        ``param_labels`` / ``loss_scale`` that do not fit ``tx`` / ``precision``.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"make_train_step: precision must be one of {PRECISIONS}, got {precision!r}")
