@@ -170,9 +170,9 @@ def test_fused_and_foreach_paths_agree_and_fused_is_used(monkeypatch):
 
     p = {"big": torch.randn(kernels.FUSED_MIN_ELEMENTS + 5), "small": torch.randn(7)}
     monkeypatch.setattr(kernels, "_FUSED_ADAMW", counting)
-    torch.set_num_threads(2)  # big leaf fused, small leaf foreach (see _split_by_size)
+    torch.set_num_threads(2)  # with cpu_kernel="split": big leaf fused, small leaf foreach
     try:
-        fused, fs = run(optim.adamw(1e-2, weight_decay=0.1), p, steps=3)
+        fused, fs = run(optim.adamw(1e-2, weight_decay=0.1, cpu_kernel="split"), p, steps=3)
     finally:
         torch.set_num_threads(1)
     assert calls, "the fused CPU kernel was not used"

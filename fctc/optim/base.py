@@ -204,6 +204,17 @@ def _hands_factor(txs: tuple, i: int) -> bool:
     )
 
 
+def _arriving(txs: tuple, updates: Updates, scale: GlobalScale | None):
+    """``(updates, scale)`` as the chain's first member can take them: a fused member takes the
+    scale whole, a leading clip that hands its factor on can use a known norm; otherwise a
+    factor is applied here and a norm (of updates about to change) is dropped."""
+    if scale is None or not txs or isinstance(txs[0], FusedTransformation):
+        return updates, scale
+    if scale.factor is not None:
+        return scaled(updates, scale.factor), None
+    return updates, (scale if _hands_factor(txs, 0) else None)
+
+
 def _run_chain(txs, updates, state, params, extra, scale, apply, donate):
     """A chain's update (``apply=False``) or apply: optax's loop plus the fusion step."""
     if len(state) != len(txs):
@@ -211,28 +222,16 @@ def _run_chain(txs, updates, state, params, extra, scale, apply, donate):
             f"chain: the state holds {len(state)} entries for {len(txs)} transformations; "
             "was it built by this chain's init?"
         )
-    if scale is not None and txs and not isinstance(txs[0], FusedTransformation):
-        # Only a fused first member takes a factor into its kernel: apply it here. A known
-        # norm stays useful to a leading clip only while the updates are unchanged.
-        if scale.factor is not None:
-            updates, scale = scaled(updates, scale.factor), None
-        elif not isinstance(txs[0], ScalingTransformation):
-            scale = None
+    updates, scale = _arriving(txs, updates, scale)
     new_state = list(state)
-    last = len(txs) - 1
     i = 0
-    while i <= last:
-        if isinstance(txs[i], ScalingTransformation):
-            # Its output is the input times a factor and its state never changes: compute the
-            # factor (from the caller's norm, if any) and either apply it or, the fusion step,
-            # hand it to the next member's kernel.
+    while i < len(txs):
+        if _hands_factor(txs, i):
+            # The fusion step: txs[i] only multiplies by a factor and its state never changes;
+            # txs[i + 1] applies the factor (from the caller's norm, if any) in its own kernel.
             scale = txs[i].factor(updates, None if scale is None else scale.norm)
-            if not _hands_factor(txs, i):
-                updates = updates if scale is None else scaled(updates, scale.factor)
-                scale, i = None, i + 1
-                continue
             i += 1
-        if apply and i == last:
+        if apply and i == len(txs) - 1:
             updates, new_state[i] = txs[i].apply(updates, state[i], params, scale=scale, donate=donate, **extra)
         else:
             updates, new_state[i] = _scaled_update(txs[i], updates, state[i], params, scale, extra)
