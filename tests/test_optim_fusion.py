@@ -241,3 +241,20 @@ def test_selective_transform_takes_a_function_mask():
     assert_trees_equal(outs[0], outs[1])
     assert_trees_equal(outs[0], outs[2])
     assert all(bool((x == 0).all()) for x in T.leaves(outs[0][0]["conv"]))
+
+
+def test_no_dispatch_through_function_attributes():
+    """Fusion is typed: nothing in fctc.optim looks transformations up with getattr or sets
+    attributes on functions (the former fctc_apply / fctc_scaled_update / fctc_output_factor)."""
+    import ast
+    from pathlib import Path
+
+    for path in sorted(Path(optim.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                assert node.func.id != "getattr", f"{path.name}:{node.lineno}: getattr"
+            if isinstance(node, (ast.Assign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for t in targets:
+                    assert not (isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name)
+                                and t.value.id != "self"), f"{path.name}:{node.lineno}: attribute set on {t.value.id}"

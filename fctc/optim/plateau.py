@@ -6,7 +6,7 @@ graph. The monitored value comes in as ``update(..., value=...)``.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
