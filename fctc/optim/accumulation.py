@@ -140,7 +140,10 @@ class MultiSteps:
     Each :meth:`update` folds the incoming gradient into ``acc_grads`` and returns zeros, except
     on the ``k``-th call, where the inner optimiser runs on the accumulated gradient and its
     update is returned (see :func:`_run_when` for how a call that does not emit is skipped).
-    For micro-batches inside one step prefer ``make_train_step(..., accum_steps=k)``.
+    For micro-batches inside one step prefer ``make_train_step(..., accum_steps=k)``. The
+    inner optimiser's fused paths are used for its own update (a clip's factor still reaches
+    AdamW's kernel), but not to apply it: :func:`~fctc.optim.update_and_apply` adds the
+    (mostly zero) output in a second pass.
 
     Args:
       opt: the inner transformation.
@@ -315,7 +318,7 @@ def every_n_steps(inner: GradientTransformation, n: int) -> GradientTransformati
       n: the period, a positive int.
 
     Returns:
-      A :class:`~fctc.optim.GradientTransformation` with :class:`EveryNStepsState`.
+      A plain :class:`~fctc.optim.GradientTransformation` with :class:`EveryNStepsState`.
 
     Raises:
       ValueError: ``n`` is not a positive int.
