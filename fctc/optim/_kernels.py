@@ -1,6 +1,8 @@
 """The optimiser kernels: cache blocking, the CPU form of ``axpy``, and Adam's two kernels.
 
-Everything fctc does differently on an eager CPU to go fast lives here, behind named entries:
+Everything the optimisers do differently on an eager CPU to go fast lives here, behind named
+entries (the train step's host shortcuts are :func:`fctc.backend.all_finite` and
+:func:`fctc.backend.select`):
 
 * :func:`blocked` runs a kernel over blocks of about :data:`BLOCK_ELEMENTS` elements of a long
   leaf list, so that intermediate results are still in cache when they are read again. The same
