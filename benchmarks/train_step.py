@@ -61,7 +61,8 @@ import fctc  # noqa: E402
 import fctc.optim as fo  # noqa: E402
 from benchmarks.imperative_quartznet import quartznet_ctc as imperative_quartznet_ctc  # noqa: E402
 from fctc.nn.core import Model  # noqa: E402
-from fctc.train import Batch, make_train_step  # noqa: E402
+from fctc.data import Batch  # noqa: E402
+from fctc.train import make_train_step  # noqa: E402
 
 NUM_CLASSES = 29  # 28 characters and the blank, as thunder's English QuartzNet
 BLANK = 28
@@ -123,27 +124,10 @@ def fctc_transformation() -> fo.GradientTransformation:
     return fo.chain(fo.clip_by_global_norm(MAX_NORM), fo.adamw(schedule, weight_decay=WEIGHT_DECAY))
 
 
-def _features_front_end() -> Model:
-    """The identity front end: the batches already hold features and frame counts."""
-
-    def init(key=None):
-        return {}, {}
-
-    def apply(params, state, x, lengths, *, train=False, key=None):
-        return (x, lengths), state
-
-    return Model(init, apply)
-
-
 def fctc_model(config: str) -> Model:
-    """fctc's QuartzNet CTC model over features (``ctc_model`` with an identity front end)."""
-    kwargs = fctc.models.quartznet_config(config)
-    width = tuple(kwargs.get("final_filters", (512, 1024)))[-1]
-    return fctc.models.ctc_model(
-        _features_front_end(),
-        fctc.models.quartznet_encoder(feat_in=FEAT_IN, **kwargs),
-        fctc.nn.conv1d_decoder(width, NUM_CLASSES),
-    )
+    """fctc's QuartzNet CTC model over features (an identity front end: the batches hold them)."""
+    kwargs = {**fctc.models.quartznet_config(config), "feat_in": FEAT_IN}
+    return fctc.models.QUARTZNET.ctc_model(fctc.models.identity_front_end(), NUM_CLASSES, kwargs)
 
 
 @functools.lru_cache(maxsize=None)

@@ -32,10 +32,13 @@ __all__ = [
     "quartznet_encoder",
     "quartznet_config",
     "QUARTZNET_CONFIGS",
+    "STEM_STRIDE",
 ]
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.1
+STEM_STRIDE = 2
+"""QuartzNet's only time downsampling: its stem's stride (so 50 outputs per second at a 10 ms hop)."""
 
 QUARTZNET_CONFIGS: dict[str, dict[str, Any]] = {
     "5x5": dict(
@@ -321,7 +324,9 @@ def quartznet_encoder(
     final_kernel = _check_kernel(final_kernel, "final_kernel", name)
 
     blocks = [
-        conv_block(feat_in, stem_filters, 1, stem_kernel, stride=2, residual=False, separable=True)
+        conv_block(
+            feat_in, stem_filters, 1, stem_kernel, stride=STEM_STRIDE, residual=False, separable=True
+        )
     ]
     width = stem_filters
     for f, k in zip(filters, kernel_sizes):
