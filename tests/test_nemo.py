@@ -15,7 +15,7 @@ import yaml
 import fctc
 from fctc import tree
 from fctc.adapter import FunctionalModule
-from fctc.models.ctc import citrinet_ctc, quartznet_ctc
+from fctc.models import citrinet_ctc, quartznet_ctc
 from fctc.nemo import (
     fix_vocab,
     front_end_config,
