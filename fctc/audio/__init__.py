@@ -26,22 +26,3 @@ from .frontend import preemphasis as preemphasis
 from .mel import hz_to_mel as hz_to_mel
 from .mel import mel_filterbank as mel_filterbank
 from .mel import mel_to_hz as mel_to_hz
-
-__all__ = [
-    "filterbank",
-    "mel_filterbank",
-    "hz_to_mel",
-    "mel_to_hz",
-    "dither",
-    "preemphasis",
-    "power_spectrum",
-    "mel_scale",
-    "log",
-    "normalise",
-    "feature_lengths",
-    "spec_augment",
-    "random_warp",
-    "augment_features",
-    "LOG_GUARD",
-    "DIV_GUARD",
-]

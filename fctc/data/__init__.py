@@ -37,24 +37,3 @@ from .loader import make_loader as make_loader
 from .manifest import ManifestError as ManifestError
 from .manifest import Utterance as Utterance
 from .manifest import read_manifest as read_manifest
-
-__all__ = [
-    "SKIP_REASONS",
-    "ManifestError",
-    "AudioError",
-    "DataError",
-    "Utterance",
-    "read_manifest",
-    "load_audio",
-    "ctc_frames_needed",
-    "output_frames_fn",
-    "Batch",
-    "Skipped",
-    "SpeechDataset",
-    "bucket_batches",
-    "collate",
-    "Loader",
-    "make_loader",
-    "FeatureCache",
-    "bundled_manifests",
-]

@@ -33,28 +33,3 @@ from .quartznet import conv_block as conv_block
 from .quartznet import masked_conv1d as masked_conv1d
 from .quartznet import quartznet_config as quartznet_config
 from .quartznet import quartznet_encoder as quartznet_encoder
-
-__all__ = [
-    "masked_conv1d",
-    "conv_block",
-    "quartznet_encoder",
-    "quartznet_config",
-    "QUARTZNET_CONFIGS",
-    "STEM_STRIDE",
-    "squeeze_excite",
-    "citrinet_encoder",
-    "citrinet_config",
-    "CITRINET_CONFIGS",
-    "ctc_model",
-    "CTC_PARTS",
-    "augmented_front_end",
-    "cached_front_end",
-    "identity_front_end",
-    "Architecture",
-    "QUARTZNET",
-    "CITRINET",
-    "ARCHITECTURES",
-    "architecture",
-    "quartznet_ctc",
-    "citrinet_ctc",
-]

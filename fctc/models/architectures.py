@@ -229,11 +229,10 @@ def citrinet_ctc(
         **encoder_kwargs: override single encoder arguments.
 
     Returns:
-        The CTC model over raw audio.
+        The Citrinet CTC model over raw audio.
 
     Raises:
-        ValueError: ``vocabulary`` has fewer than 2 classes, the size is unknown, or
-            ``feat_in`` contradicts the front end's ``nfilt``.
+        ValueError: as :func:`quartznet_ctc`.
     """
     return _named_ctc(
         CITRINET, "citrinet_ctc", vocabulary, config, dropout, front_end, encoder_kwargs

@@ -33,23 +33,3 @@ from .vocabulary import fix_vocab as fix_vocab
 from .vocabulary import nemo_vocabulary as nemo_vocabulary
 from .weights import map_weights as map_weights
 from .weights import nemo_key_to_fctc as nemo_key_to_fctc
-
-__all__ = [
-    "NemoCheckpoint",
-    "NemoArchive",
-    "NemoModel",
-    "Compatibility",
-    "load_nemo",
-    "read_nemo_archive",
-    "parse_model",
-    "detect_architecture",
-    "nemo_vocabulary",
-    "map_weights",
-    "nemo_key_to_fctc",
-    "fix_vocab",
-    "front_end_config",
-    "ARCHITECTURES",
-    "COMPATIBILITY",
-    "CONFIG_NAME",
-    "WEIGHTS_NAME",
-]
