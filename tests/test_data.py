@@ -21,6 +21,7 @@ from fctc.data import (
     Batch,
     DataError,
     FeatureCache,
+    Loader,
     ManifestError,
     Skipped,
     SpeechDataset,
@@ -506,3 +507,8 @@ def test_batch_lives_in_data_and_train_reexports_it():
     import fctc.train
 
     assert fctc.train.Batch is Batch and Batch.__module__ == "fctc.data.batch"
+
+
+def test_make_loader_is_the_loader_class(corpus):
+    ds, _ = corpus
+    assert make_loader is Loader and isinstance(make_loader(ds, [[0]]), Loader)

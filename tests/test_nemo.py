@@ -445,3 +445,20 @@ def test_map_weights_fills_the_model_or_lists_what_does_not_fit(quartznet_archiv
     with pytest.raises(ValueError, match=r"'x.nemo' do not match the quartznet.*\n.*missing \(1\)"):
         map_weights(short, params, state, source="x.nemo", architecture="quartznet",
                     num_classes=len(LABELS) + 1)
+
+
+def test_compatibility_block_checks():
+    from fctc.nemo.compatibility import block_kernels, check_block, check_block_count, first_int
+
+    assert first_int([11], "k") == 11 and first_int(3, "k") == 3
+    with pytest.raises(ValueError, match=r"jasper\[0\].kernel must be an int"):
+        first_int([3, 5], "encoder.jasper[0].kernel")
+    assert block_kernels(quartznet_jasper()[1:3], 1) == [5, 7]
+    check_block(_block(8, 3, stride=2), 0, "QuartzNet", stride=2, separable=True)
+    with pytest.raises(ValueError, match=r"jasper\[4\] has residual=False.*needs residual=True"):
+        check_block(_block(8, 3, residual=False), 4, "QuartzNet", residual=True)
+    with pytest.raises(ValueError, match="a QuartzNet config has x; encoder.jasper has only 2 blocks"):
+        check_block_count([{}, {}], 3, "QuartzNet", "x")
+    with pytest.raises(ValueError, match="has only 2 blocks"):
+        parse_model({**quartznet_config(), "encoder": {"jasper": quartznet_jasper()[:2]}},
+                    architecture="quartznet")

@@ -133,7 +133,8 @@ def build_model(
     feat_in = fe_kwargs.get("nfilt", inspect.signature(filterbank).parameters["nfilt"].default)
     wrap = cached_front_end if cached_features else augmented_front_end
     try:
-        return arch.ctc_model(wrap(front, augment, warp), len(vocabulary), {"feat_in": feat_in, **enc_kwargs})
+        front_end = wrap(front, augment, warp)
+        return arch.ctc_model(front_end, len(vocabulary), {"feat_in": feat_in, **enc_kwargs})
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.encoder: {e}") from None
 
