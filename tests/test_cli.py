@@ -28,18 +28,16 @@ from fctc.cli import build_parser, main
 from fctc.cli import logs as cli_logs
 from fctc.cli.checkpoints import load_checkpoint_model, resolve_checkpoint, save_checkpoint_dir
 from fctc.cli.config import REPLACED_WHOLE, ConfigError, default_config, load_config, merge_config
-from fctc.cli.features import FeatureCache, augment_features, cached_front_end, random_warp
 from fctc.cli.progress import Progress
 from fctc.cli.recipe import (
-    augmented_front_end,
     build_front_end,
     build_model,
     build_optimizer,
     build_vocabulary,
-    count_parameters,
     output_frames,
     total_updates,
 )
+from fctc.models import augmented_front_end, cached_front_end
 from fctc.cli.train import INTERRUPTED_EXIT, default_out_dir, resolve_device
 
 TINY = {
@@ -305,7 +303,7 @@ def test_default_config_is_the_schema_and_builds():
     vocab = build_vocabulary(config, [])
     model = build_model(config["model"], vocab)
     params, _ = model.init(fctc.random.key(0))
-    assert 20_000 < count_parameters(params) < 1_000_000
+    assert 20_000 < fctc.tree.size(params) < 1_000_000
 
 
 def test_merge_config_merges_sections_and_replaces_kwargs_sections():
@@ -386,52 +384,6 @@ def test_front_end_variants_agree_in_evaluation():
     assert c is x and cl is xl
     (c, _), _ = cached.apply({}, state, x, xl, train=True, key=fctc.random.key(1))
     assert c.shape == x.shape and (c == 0).sum() > (x == 0).sum()
-
-
-def test_random_warp_stretches_time_and_warps_features():
-    x, lengths = torch.randn(3, 8, 20), torch.tensor([20, 11, 1])
-    x = fctc.testing.fill_padding(x, lengths, "zeros")
-    same, same_lengths = random_warp(fctc.random.key(0), x, lengths)
-    assert torch.equal(same_lengths, lengths)
-    torch.testing.assert_close(same, x[:, :, : int(lengths.max())])
-    y, y_lengths = fctc.testing.assert_pure(
-        random_warp, fctc.random.key(1), x, lengths, time_stretch=0.2, freq_warp=0.1
-    )
-    ratio = y_lengths.float() / lengths.float()
-    assert ((ratio > 0.75) & (ratio < 1.25)).all() and int(y_lengths[2]) == 1
-    assert y.shape == (3, 8, int(y_lengths.max()))
-    assert not y[~_valid(y_lengths, y.shape[-1])].any()
-    # The first and last valid frames are kept (up to the feature warp), so a 1-frame
-    # example stays itself in time.
-    z, _ = random_warp(fctc.random.key(1), x, lengths, time_stretch=0.2)
-    torch.testing.assert_close(z[:, :, 0], x[:, :, 0])
-    both, both_lengths = augment_features(fctc.random.key(2), x, lengths, {"time_stretch": 0.2},
-                                          {"time_masks": 1, "freq_masks": 1, "freq_width": 2})
-    assert both.shape[-1] == int(both_lengths.max())
-    assert torch.equal(augment_features(fctc.random.key(2), x, lengths, None, None)[0], x)
-
-
-def _valid(lengths: torch.Tensor, size: int) -> torch.Tensor:
-    mask = torch.arange(size)[None, :] < lengths[:, None]
-    return mask[:, None, :].expand(-1, 8, -1)
-
-
-def test_feature_cache_batches_hold_each_utterance_features():
-    config = default_config()
-    vocab = build_vocabulary(config, [])
-    ds = data.SpeechDataset(data.read_manifest(data.bundled_manifests()["validation"])[:3], vocab)
-    front = build_front_end({"front_end": {"nfilt": 16}})
-    _, state = front.init(None)
-    cache = FeatureCache(ds, front, state)
-    batches = list(cache.iterate([[0, 2], [1]], start=1))
-    assert [pos for _, pos in batches] == [2]
-    batch = cache.batch([0, 2])
-    for row, i in enumerate([0, 2]):
-        audio, target = ds[i]
-        (x, xl), _ = front.apply({}, state, audio[None], torch.tensor([audio.shape[0]]))
-        assert int(batch.audio_lengths[row]) == int(xl[0])
-        assert torch.equal(batch.audio[row, :, : int(xl[0])], x[0, :, : int(xl[0])])
-        assert torch.equal(batch.targets[row, : len(target)], target)
 
 
 def test_metrics_log_plot_and_history(tmp_path):

@@ -41,7 +41,6 @@ from .checkpoints import (
 )
 from .config import ConfigError, dump_config
 from .evaluate import evaluate_dataset
-from .features import FeatureCache
 from .logs import MetricsLog, plot_curves
 from .progress import Progress
 from .recipe import (
@@ -49,7 +48,6 @@ from .recipe import (
     build_model,
     build_optimizer,
     build_vocabulary,
-    count_parameters,
     output_frames,
     total_updates,
 )
@@ -172,7 +170,7 @@ class Trainer:
         self.cache = None
         if self.cache_features:
             front_state = _tree.map(lambda x: x.cpu(), state.model_state["audio_transform"])
-            self.cache = FeatureCache(self.train_set, build_front_end(config["model"]), front_state)
+            self.cache = _data.FeatureCache(self.train_set, build_front_end(config["model"]), front_state)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, self.out_dir / "config.yaml")
         self.metrics = MetricsLog(self.out_dir, history)
@@ -283,7 +281,7 @@ class Trainer:
         ckpt_every, max_bad = int(cfg["checkpoint_every"]), int(cfg["max_nonfinite"])
         step = int(self.state.step)
         if step == 0:
-            n = count_parameters(self.state.params)
+            n = _tree.size(self.state.params)
             self.log(
                 f"training {self.config['model']['name']} ({n:,} parameters) on "
                 f"{len(self.train_set)} utterances, {self.batches_per_epoch} batches per epoch, "
