@@ -6,7 +6,11 @@ from . import (  # noqa: F401
     backend,
     checkpoint,
     data,
+    decode,
     distributed,
+    inference,
+    lexicon,
+    lm,
     losses,
     metrics,
     models,
@@ -19,5 +23,6 @@ from . import (  # noqa: F401
     tree,
 )
 from .adapter import FunctionalModule  # noqa: F401
+from .inference import Recognizer, load  # noqa: F401
 
 __version__ = "0.1.0"

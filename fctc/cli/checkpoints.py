@@ -43,11 +43,15 @@ TRAIN_STATE_FILE = "train_state.safetensors"
 
 
 class LoadedModel(NamedTuple):
-    """A model rebuilt from a checkpoint folder, ready for :func:`fctc.train.predict`."""
+    """A model rebuilt from a checkpoint folder, ready for :func:`fctc.train.predict`.
+
+    ``params`` and ``state`` are the model's parameters and buffers (running statistics), as
+    ``model.init`` returns them and as :class:`fctc.nemo.NemoCheckpoint` names them.
+    """
 
     model: Model
     params: Any
-    model_state: Any
+    state: Any
     vocabulary: Vocabulary
     config: dict[str, Any]
     metadata: dict[str, Any]
@@ -124,5 +128,5 @@ def load_checkpoint_model(
     vocabulary = Vocabulary.from_dict(meta["vocabulary"])
     model = build_model(config["model"], vocabulary)
     template = model.init(_random.key(0))
-    params, model_state, meta = _ckpt.load_model(file, template, device=device)
-    return LoadedModel(model, params, model_state, vocabulary, config, meta)
+    params, state, meta = _ckpt.load_model(file, template, device=device)
+    return LoadedModel(model, params, state, vocabulary, config, meta)
