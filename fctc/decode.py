@@ -71,7 +71,11 @@ class DecoderUnavailable(ImportError):
 
 
 def beam_search_available() -> bool:
-    """Whether flashlight-text (the ``decode`` extra) can be imported."""
+    """Whether beam search can run here.
+
+    Returns:
+        True when flashlight-text (the ``decode`` extra) can be imported.
+    """
     try:
         _flashlight()
     except DecoderUnavailable:
@@ -166,7 +170,11 @@ class GreedyDecoder:
         return self.vocabulary.decode_prediction(logits, lengths)
 
     def options(self) -> dict[str, Any]:
-        """What the decoder does, for results files: ``{"decoder": "greedy"}``."""
+        """What the decoder does, for results files.
+
+        Returns:
+            ``{"decoder": "greedy"}``.
+        """
         return {"decoder": "greedy"}
 
 
@@ -275,7 +283,11 @@ class BeamSearchDecoder:
         return out
 
     def options(self) -> dict[str, Any]:
-        """The decoder's settings, for results files (``decoder``, ``beam_size``, ...)."""
+        """The decoder's settings, for results files.
+
+        Returns:
+            ``{"decoder": "beam", "beam_size": ..., "lexicon": path or None, "lm": ..., ...}``.
+        """
         return dict(self._options)
 
     def __call__(self, logits: torch.Tensor, lengths: torch.Tensor | None = None) -> list[str]:

@@ -142,13 +142,24 @@ class KneserNeyLM:
         return max(a - d, 0.0) / total + d * types / total * lower
 
     def backoff(self, context: Sequence[str]) -> float:
-        """The back-off weight ``D n(h) / A(h)`` of a context (1 when it was never followed)."""
+        """The back-off weight of a context: the share of probability it leaves to ``h'``.
+
+        Args:
+            context: the context ``h``, oldest word first, shorter than the order.
+
+        Returns:
+            ``D n(h) / A(h)``, or 1 when ``h`` was never followed by a word.
+        """
         context = tuple(context)
         total, types = self._totals[len(context)].get(context, (0, 0))
         return self.discounts[len(context) + 1] * types / total if total else 1.0
 
     def to_arpa(self) -> str:
-        """The model as the text of an ARPA file (log10 probabilities and back-off weights)."""
+        """The model as an ARPA file.
+
+        Returns:
+            The file's text: log10 probabilities and back-off weights, n-grams sorted.
+        """
         sections = []
         for k in range(1, self.order + 1):
             ngrams = sorted(self.counts[k]) if k > 1 else [(w,) for w in self.vocabulary]

@@ -28,7 +28,11 @@ def _log(message: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``fctc`` program (one sub-command per task)."""
+    """The argument parser of the ``fctc`` program.
+
+    Returns:
+        The parser, with one sub-command per task.
+    """
     from .decoding import add_decoder_flags, add_lm_parser
 
     parser = argparse.ArgumentParser(
@@ -162,8 +166,14 @@ def _lm(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``fctc`` program with ``argv`` (default: ``sys.argv[1:]``); returns the exit
-    status (0 done, 2 a usage or input error, 130 stopped by Ctrl-C after saving)."""
+    """Run the ``fctc`` program.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 done, 2 a usage or input error, 130 stopped by Ctrl-C after saving.
+    """
     args = build_parser().parse_args(argv)
     commands = {"train": _train, "eval": _eval, "transcribe": _transcribe, "lm": _lm}
     try:

@@ -31,10 +31,22 @@ def evaluate_dataset(
 ) -> dict[str, Any]:
     """Corpus-level loss, CER and WER of a model over a :class:`fctc.data.SpeechDataset`.
 
-    Batches follow the manifest order (bucketed by duration, no shuffling). With ``output``,
-    one JSON line per utterance (file, reference, prediction, its own CER and WER) is written
-    there. Returns ``{"cer", "wer", "loss", "n", "skipped", "char_edits", "chars",
-    "word_edits", "words"}``; ``loss`` is the mean per-utterance CTC loss.
+    Batches follow the manifest order (bucketed by duration, no shuffling).
+
+    Args:
+        eval_step: :func:`fctc.train.make_eval_step`'s step (its decoder decodes).
+        params: the model's parameters.
+        model_state: the model's buffers.
+        dataset: the utterances.
+        device: where the model runs.
+        batch_size: utterances per batch, or
+        max_batch_seconds: audio seconds per batch.
+        output: write one JSON line per utterance (file, reference, prediction, its own CER
+            and WER) here.
+
+    Returns:
+        ``{"cer", "wer", "loss", "n", "skipped", "char_edits", "chars", "word_edits",
+        "words"}``; ``loss`` is the mean per-utterance CTC loss.
     """
     batches = _data.bucket_batches(
         dataset.durations, batch_size=batch_size, max_batch_seconds=max_batch_seconds,
