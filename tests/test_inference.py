@@ -76,11 +76,16 @@ def test_transcribe_files_tensors_and_batches_alike(run, clips):
     assert rec.transcribe(clips[0], decoder="greedy") == by_file[:1]
     expected = predict(rec.model, rec.params, rec.state, rec.vocabulary, signals[1][None])
     assert rec.transcribe(signals[1], decoder="greedy") == expected
-    lengths = torch.tensor([len(s) for s in signals])
-    batch = torch.zeros(3, int(lengths.max()))
-    for i, s in enumerate(signals):
-        batch[i, : len(s)] = s
-    assert rec.transcribe(batch, lengths, decoder="greedy") == by_file
+    assert rec.transcribe(*_padded(signals), decoder="greedy") == by_file
+
+
+def _padded(signals):
+    """A zero-padded ``(B, S)`` batch of 1-D signals and their lengths."""
+    lengths = torch.tensor([len(x) for x in signals])
+    batch = torch.zeros(len(signals), int(lengths.max()))
+    for i, x in enumerate(signals):
+        batch[i, : len(x)] = x
+    return batch, lengths
 
 
 def test_beam_with_the_carried_lexicon_outputs_only_its_words(run, clips):
@@ -182,9 +187,6 @@ def test_readme_python_snippet_runs(run, clips, capsys):
         assert f'"{name}"' in code
         code = code.replace(f'"{name}"', repr(str(value)))
     signals = [data.load_audio(f) for f in clips[:2]]
-    lengths = torch.tensor([len(s) for s in signals])
-    batch = torch.zeros(2, int(lengths.max()))
-    for i, s in enumerate(signals):
-        batch[i, : len(s)] = s
+    batch, lengths = _padded(signals)
     exec(compile(code, "README.md", "exec"), {"signal": signals[0], "batch": batch, "lengths": lengths})
     assert "Vocabulary(" in capsys.readouterr().out
