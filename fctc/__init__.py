@@ -10,7 +10,11 @@ from . import audio as audio
 from . import backend as backend
 from . import checkpoint as checkpoint
 from . import data as data
+from . import decode as decode
 from . import distributed as distributed
+from . import inference as inference
+from . import lexicon as lexicon
+from . import lm as lm
 from . import losses as losses
 from . import metrics as metrics
 from . import models as models
@@ -22,5 +26,7 @@ from . import text as text
 from . import train as train
 from . import tree as tree
 from .adapter import FunctionalModule as FunctionalModule
+from .inference import Recognizer as Recognizer
+from .inference import load as load
 
 __version__ = "0.1.0"

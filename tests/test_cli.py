@@ -39,6 +39,8 @@ from fctc.cli.recipe import (
 )
 from fctc.models import augmented_front_end, cached_front_end
 from fctc.cli.train import INTERRUPTED_EXIT, default_out_dir, resolve_device
+from fctc.lexicon import lexicon_words, read_lexicon
+from fctc.lm import KneserNeyLM
 
 TINY = {
     "data": {"limit": 12, "max_batch_seconds": 6.0},
@@ -163,6 +165,110 @@ def test_eval_prints_one_json_line_and_writes_per_utterance_results(straight_run
     files = [p["audio_filepath"] for p in per[:2]]
     assert main(["transcribe", "--checkpoint", str(out), *files, "--device", "cpu"]) == 0
     assert capsys.readouterr().out.splitlines() == [p["prediction"] for p in per[:2]]
+
+
+# -- decoding: the run's lexicon and LM, the decoder flags, fctc lm --------------------------
+
+
+def _few(tmp_path: Path, n: int = 5) -> Path:
+    """A manifest of the first ``n`` bundled test utterances, with absolute audio paths."""
+    source = data.bundled_manifests()["test"]
+    rows = [json.loads(line) for line in source.read_text().splitlines()[:n]]
+    for r in rows:
+        r["audio_filepath"] = str(source.parent / r["audio_filepath"])
+    path = tmp_path / "few.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_train_writes_the_lexicon_and_lm_of_its_training_texts(straight_run):
+    out, _, _ = straight_run
+    texts = [u.text for u in data.read_manifest(data.bundled_manifests()["train"])[:12]]
+    assert list(read_lexicon(out / "lexicon.txt")) == lexicon_words(texts)
+    assert (out / "lm.arpa").read_text() == KneserNeyLM(texts, order=3).to_arpa()
+
+
+def _eval(out: Path, manifest: Path, results: Path, capsys, *flags: str):
+    rc = main(["eval", "--checkpoint", str(out), "--manifest", str(manifest), "--output",
+               str(results), "--device", "cpu", *flags])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    return json.loads(captured.out.strip().splitlines()[-1]), rows, captured.err
+
+
+def test_eval_and_transcribe_decode_as_the_flags_say(straight_run, tmp_path, capsys):
+    out, _, _ = straight_run
+    manifest, results = _few(tmp_path), tmp_path / "results.jsonl"
+    result, rows, _ = _eval(out, manifest, results, capsys)  # the default: what the run carries
+    assert result["decoding"]["decoder"] == "beam"
+    assert result["decoding"]["lexicon"] == str(out / "lexicon.txt")
+    assert result["decoding"]["lm"] == str(out / "lm.arpa")
+    words = set(read_lexicon(out / "lexicon.txt"))
+    assert all(set(r["prediction"].split()) <= words for r in rows)
+    files = [r["audio_filepath"] for r in rows]
+    assert main(["transcribe", "--checkpoint", str(out), *files, "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines() == [r["prediction"] for r in rows]
+    # Greedy: the transcripts fctc train's own test pass wrote for the same files.
+    result, rows, _ = _eval(out, manifest, results, capsys, "--decoder", "greedy")
+    assert result["decoding"] == {"decoder": "greedy"}
+    train_rows = [json.loads(x) for x in (out / "test_predictions.jsonl").read_text().splitlines()]
+    by_file = {r["audio_filepath"]: r["prediction"] for r in train_rows}
+    assert all(by_file[r["audio_filepath"]] == r["prediction"] for r in rows)
+    flags = ["--decoder", "beam", "--beam-size", "8", "--lexicon", "none", "--lm", "none"]
+    result, rows, _ = _eval(out, manifest, results, capsys, *flags)
+    assert (result["decoding"]["beam_size"], result["decoding"]["lexicon"]) == (8, None)
+    assert main(["transcribe", "--checkpoint", str(out), *files, "--device", "cpu", *flags]) == 0
+    assert capsys.readouterr().out.splitlines() == [r["prediction"] for r in rows]
+    flags = ["--lm-weight", "0.5", "--word-score", "1.5", "--lexicon", str(out / "lexicon.txt")]
+    result, _, _ = _eval(out, manifest, results, capsys, *flags)
+    assert result["decoding"]["lm_weight"] == 0.5 and result["decoding"]["word_score"] == 1.5
+    assert result["decoding"]["lm"] == str(out / "lm.arpa")
+
+
+def test_beam_search_without_the_decode_extra(straight_run, tmp_path, capsys, monkeypatch):
+    out, _, _ = straight_run
+    manifest, results = _few(tmp_path, 2), tmp_path / "results.jsonl"
+    monkeypatch.setattr(fctc.inference, "beam_search_available", lambda: False)
+    for flags in (["--decoder", "beam"], ["--lm-weight", "2"]):
+        rc = main(["eval", "--checkpoint", str(out), "--manifest", str(manifest), *flags])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1
+        assert "pip install 'fctc[decode]'" in err
+    result, _, err = _eval(out, manifest, results, capsys)  # the default falls back to greedy
+    assert result["decoding"] == {"decoder": "greedy"}
+    assert "note: decoding greedily" in err
+
+
+def test_decoding_errors_are_one_line(straight_run, tmp_path, capsys):
+    out, _, _ = straight_run
+    audio = str(data.bundled_manifests()["test"].parent / "test" / "0000.flac")
+    cases = [
+        (["--lexicon", str(tmp_path / "missing.txt")], "missing.txt"),
+        (["--lexicon", "none", "--lm", str(out / "lm.arpa")], "needs a lexicon"),
+        (["--decoder", "greedy", "--beam-size", "3"], "only apply to beam"),
+    ]
+    for flags, named in cases:
+        assert main(["transcribe", "--checkpoint", str(out), audio, *flags]) == 2
+        err = capsys.readouterr().err
+        assert named in err and err.count("\n") == 1
+
+
+def test_lm_command_writes_arpa_and_lexicon(tmp_path, capsys):
+    manifest = data.bundled_manifests()["validation"]
+    arpa, lexicon = tmp_path / "lm.arpa", tmp_path / "lexicon.txt"
+    rc = main(["lm", "--manifest", str(manifest), "--order", "2", "--out", str(arpa),
+               "--lexicon", str(lexicon)])
+    assert rc == 0
+    texts = [u.text for u in data.read_manifest(manifest)]
+    assert arpa.read_text() == fctc.lm.build_arpa(texts, order=2)
+    assert list(read_lexicon(lexicon)) == lexicon_words(texts)
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["order"] == 2 and summary["texts"] == len(texts)
+    assert main(["lm", "--manifest", str(tmp_path / "no.jsonl"), "--out", str(arpa)]) == 2
+    assert "no.jsonl" in capsys.readouterr().err
+    assert main(["lm", "--manifest", str(manifest), "--order", "1", "--out", str(arpa)]) == 2
+    assert "order" in capsys.readouterr().err
 
 
 def _interrupt_at(monkeypatch, at_step: int) -> None:

@@ -40,6 +40,7 @@ from .checkpoints import (
     save_checkpoint_dir,
 )
 from .config import ConfigError, dump_config
+from .decoding import write_decoding_files
 from .evaluate import evaluate_dataset
 from .logs import MetricsLog, plot_curves
 from .progress import Progress
@@ -173,6 +174,7 @@ class Trainer:
             self.cache = _data.FeatureCache(self.train_set, build_front_end(config["model"]), front_state)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, self.out_dir / "config.yaml")
+        write_decoding_files(self.out_dir, [u.text for u in self.train_utts], self.vocabulary, config)
         self.metrics = MetricsLog(self.out_dir, history)
 
     # -- data ----------------------------------------------------------------------------
@@ -377,7 +379,7 @@ class Trainer:
         eval_step = make_eval_step(loaded.model, loaded.vocabulary,
                                    precision=self.config["training"]["precision"])
         result = evaluate_dataset(
-            eval_step, loaded.params, loaded.model_state, test_set, self.device,
+            eval_step, loaded.params, loaded.state, test_set, self.device,
             output=self.out_dir / "test_predictions.jsonl", **self._batching(),
         )
         result = {"split": "test", "manifest": str(self.test_path),
