@@ -112,6 +112,11 @@ def _digest(x: torch.Tensor) -> str:
     return hashlib.sha256(memoryview(data)).hexdigest()
 
 
+def _digests(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """:func:`_digest` of every tensor, by name."""
+    return {n: _digest(x) for n, x in tensors.items()}
+
+
 def _document_digest(doc: dict[str, Any]) -> str:
     """SHA-256 of the document's canonical JSON, without the document digest itself."""
     body = dict(doc)
@@ -174,7 +179,7 @@ def _header(tensors: dict[str, torch.Tensor], metadata: Any, path: Path) -> dict
         doc = json.loads(json.dumps(doc))  # the form a reader gets back (tuples as lists, ...)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"save({path}): metadata must be JSON-serialisable: {e}") from e
-    doc[_CHECKSUM_KEY] = {"tensors": {n: _digest(x) for n, x in tensors.items()}}
+    doc[_CHECKSUM_KEY] = {"tensors": _digests(tensors)}
     doc[_CHECKSUM_KEY]["document"] = _document_digest(doc)
     return {_META_KEY: json.dumps(doc)}
 
@@ -383,17 +388,23 @@ def load(
 
 def _load(path: Path, doc: dict[str, Any], template: Any, device) -> Any:
     stored = doc["leaves"]
-    digests = doc.get(_CHECKSUM_KEY, {}).get("tensors")  # None in files without checksums
     with _open(path) as f:
         if template is None:
-            flat = {n: _get(f, path, n, stored[n], digests, device) for n in stored}
-            return _tree.unflatten_dict(flat)
-        names, leaves, spec = _flatten(template, f"load({path})")
-        _match_template(path, names, leaves, stored)
-        out = [
-            _get(f, path, n, stored[n], digests, device if device is not None else ref.device)
-            for n, ref in zip(names, leaves)
-        ]
+            names, devices, spec = list(stored), [device] * len(stored), None
+        else:
+            names, leaves, spec = _flatten(template, f"load({path})")
+            _match_template(path, names, leaves, stored)
+            devices = [device if device is not None else ref.device for ref in leaves]
+        tensors = {n: _get(f, path, n, stored[n]) for n in names}
+    digests = doc.get(_CHECKSUM_KEY, {}).get("tensors")  # None in files without checksums
+    if digests is not None:
+        actual = _digests(tensors)
+        for n in names:
+            if actual[n] != digests[n]:
+                raise _modified(path, f"tensor {n!r} does not match its checksum (SHA-256)")
+    out = [x if d is None else x.to(d) for x, d in zip(tensors.values(), devices)]
+    if spec is None:
+        return _tree.unflatten_dict(dict(zip(names, out)))
     return _tree.unflatten(spec, out)
 
 
@@ -414,7 +425,7 @@ def _match_template(path: Path, names: list[str], leaves: list, stored: dict) ->
             )
 
 
-def _get(f, path: Path, name: str, info: dict, digests: dict | None, device) -> torch.Tensor:
+def _get(f, path: Path, name: str, info: dict) -> torch.Tensor:
     try:
         x = f.get_tensor(name)
     except Exception as e:
@@ -424,9 +435,7 @@ def _get(f, path: Path, name: str, info: dict, digests: dict | None, device) -> 
             path, f"tensor {name!r} is stored as {x.dtype} {tuple(x.shape)}, its index says "
             f"{info.get('dtype')} {info.get('shape')}"
         )
-    if digests is not None and _digest(x) != digests[name]:
-        raise _modified(path, f"tensor {name!r} does not match its checksum (SHA-256)")
-    return x if device is None else x.to(device)
+    return x
 
 
 def _short(names: list[str], n: int = 8) -> str:

@@ -149,34 +149,25 @@ def _(grad, log_probs, targets, lengths, target_lengths, nll, alpha, blank):
     return torch.empty_like(log_probs)
 
 
-class _CTCNegLogLikelihood(torch.autograd.Function):
-    """Differentiation rule of the CTC custom ops (the form torch.func transforms accept)."""
-
-    @staticmethod
-    def forward(log_probs, targets, lengths, target_lengths, blank):
-        return _ctc_nll_op(log_probs, targets, lengths, target_lengths, blank)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        log_probs, targets, lengths, target_lengths, blank = inputs
-        nll, alpha = output
-        ctx.mark_non_differentiable(alpha)
-        ctx.save_for_backward(log_probs, targets, lengths, target_lengths, nll, alpha)
-        ctx.blank = blank
-
-    @staticmethod
-    def backward(ctx, grad_nll, grad_alpha):
-        log_probs, targets, lengths, target_lengths, nll, alpha = ctx.saved_tensors
-        grad = _ctc_nll_backward_op(
-            grad_nll.contiguous(), log_probs, targets, lengths, target_lengths, nll, alpha,
-            ctx.blank,
-        )
-        return grad, None, None, None, None
-
-
 def _ctc_nll(log_probs, targets, lengths, target_lengths, blank):
-    """Per-utterance CTC negative log-likelihood, infinite ones zeroed (``zero_infinity``)."""
-    nll, _ = _CTCNegLogLikelihood.apply(log_probs, targets, lengths, target_lengths, blank)
+    """Per-utterance CTC negative log-likelihood, infinite ones zeroed (``zero_infinity``).
+
+    The derivative comes without an ``autograd.Function``: when ``log_probs`` needs a gradient,
+    the backward kernel runs here with unit upstream gradients, giving ``slope = d nll_b /
+    d log_probs[:, b]``, and ``nll + sum((log_probs - log_probs.detach()) * slope)`` (the same
+    value, exactly: the added term is zero) hands it to autograd, which multiplies it by the
+    upstream gradient. The kernel scales its result by the upstream gradient as its last
+    operation, so the gradient is bit for bit what ``F.ctc_loss`` gives. Plain ops differentiate
+    under every transform: ``torch.func.grad`` / ``vjp`` eagerly, and compiled steps, where
+    torch <= 2.9 turns any ``autograd.Function`` into one that functorch refuses.
+    """
+    lp = log_probs.detach()
+    nll, alpha = _ctc_nll_op(lp, targets, lengths, target_lengths, blank)
+    if log_probs.requires_grad:
+        slope = _ctc_nll_backward_op(
+            torch.ones_like(nll), lp, targets, lengths, target_lengths, nll, alpha, blank
+        )
+        nll = nll + ((log_probs - lp) * slope).sum(dim=(0, 2))
     # The kernel's zero_infinity flag only zeroes gradients; the value is zeroed here, as
     # aten::ctc_loss does around the same kernel.
     return torch.where(nll == float("inf"), torch.zeros_like(nll), nll)
