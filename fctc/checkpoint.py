@@ -454,16 +454,19 @@ def save_train_state(
             defaults to ``"train_state"`` and ``step`` to ``int(state.step)``.
 
     Returns:
-        ``path``, as a :class:`~pathlib.Path`.
-
-    Raises:
-        CheckpointError: as :func:`save`.
+        ``path`` (a :class:`~pathlib.Path`); raises as :func:`save` does.
     """
-    meta = dict(metadata or {})
-    meta.setdefault("kind", "train_state")
+    meta = _with_kind(metadata, "train_state")
     if hasattr(state, "step"):
         meta.setdefault("step", int(state.step))
     return save(path, state, meta)
+
+
+def _with_kind(metadata: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    """A copy of the caller's metadata, with ``kind`` set unless the caller set it."""
+    meta = dict(metadata or {})
+    meta.setdefault("kind", kind)
+    return meta
 
 
 def _model_part(tree: Any) -> Any:
@@ -513,14 +516,9 @@ def save_model(
         metadata: JSON values to keep with it; ``kind`` defaults to ``"model"``.
 
     Returns:
-        ``path``, as a :class:`~pathlib.Path`.
-
-    Raises:
-        CheckpointError: as :func:`save`.
+        ``path`` (a :class:`~pathlib.Path`); raises as :func:`save` does.
     """
-    meta = dict(metadata or {})
-    meta.setdefault("kind", "model")
-    return save(path, {"params": params, "state": model_state}, meta)
+    return save(path, {"params": params, "state": model_state}, _with_kind(metadata, "model"))
 
 
 def load_model(

@@ -2,8 +2,10 @@
 
 ``ctc_loss`` takes logits shaped ``(batch, vocab, time)``, as thunder's models return them,
 applies ``log_softmax`` over the vocabulary (in float32 when the logits are half precision)
-and runs the CTC kernels of ``torch.nn.functional.ctc_loss`` with ``zero_infinity=True``
-(wrapped so that ``torch.compile`` traces through them). Reductions:
+and runs the CTC kernels of ``torch.nn.functional.ctc_loss`` with ``zero_infinity=True``,
+wrapped so that ``torch.compile`` traces through them and ``torch.func`` transforms
+differentiate them (per-utterance losses and gradients are bit for bit ``F.ctc_loss``'s).
+Reductions:
 
 * ``"thunder"`` and ``"mean"`` — torch's ``"mean"``, which is what thunder trains with: each
   utterance's loss divided by its target length (clamped to at least 1), averaged over the
@@ -178,6 +180,14 @@ def infeasible_count(lengths: torch.Tensor, targets: torch.Tensor, target_length
 
     CTC needs ``target_length + repeats`` frames, where ``repeats`` counts adjacent equal
     labels (a blank must separate them).
+
+    Args:
+        lengths: frames per utterance ``(B,)``.
+        targets: padded labels ``(B, L)``.
+        target_lengths: labels per utterance ``(B,)``.
+
+    Returns:
+        The count, an ``int64`` tensor scalar (no host synchronisation).
     """
     max_target = targets.shape[1]
     valid = torch.arange(max_target, device=targets.device) < target_lengths.unsqueeze(1)
@@ -200,6 +210,23 @@ def ctc_loss(
     ``targets`` is ``(B, L)``, padded beyond ``target_lengths`` with any index. ``blank`` is the
     blank's index (``Vocabulary.blank_idx``). See the module notes for the reductions and for
     the warning about utterances with more labels than frames.
+
+    Args:
+        logits: unnormalised scores ``(B, vocab, T)`` (half precision is computed in float32).
+        lengths: valid frames per utterance ``(B,)``, integers.
+        targets: padded label indices ``(B, L)``, never the blank within ``target_lengths``.
+        target_lengths: labels per utterance ``(B,)``, integers.
+        blank: the blank's index, in ``[0, vocab)``.
+        reduction: ``"thunder"``, ``"mean"``, ``"espnet"``, ``"sum"`` or ``"none"``.
+        check_feasible: warn (eagerly) about utterances with too few frames.
+
+    Returns:
+        A float scalar, or the per-utterance losses ``(B,)`` for ``"none"``.
+
+    Raises:
+        TypeError: non-floating logits, or non-integer lengths or targets.
+        ValueError: shapes that do not agree, a bad ``blank`` or ``reduction``, or (eagerly)
+            lengths or labels out of range, or the blank used as a label.
     """
     _validate(logits, lengths, targets, target_lengths, blank, reduction)
     tracing = is_tracing()
