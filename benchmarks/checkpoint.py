@@ -36,7 +36,14 @@ FEAT_IN = 64
 
 
 def trees(config: str) -> tuple[dict, dict, dict]:
-    """``(params, buffers, train_state)`` nested dicts with the model's ``state_dict`` names."""
+    """The trees to save, with the imperative model's ``state_dict`` names and shapes.
+
+    Args:
+        config: ``"tiny"``, ``"5x5"`` or ``"15x5"``.
+
+    Returns:
+        ``(params, buffers, train_state)`` as nested dicts.
+    """
     module = quartznet_ctc(config, NUM_CLASSES, FEAT_IN)
     params = {k: v.detach().clone() for k, v in module.named_parameters()}
     buffers = {k: v.detach().clone() for k, v in module.named_buffers()}
@@ -61,7 +68,15 @@ def _timed(fn) -> float:
 
 
 def run(config: str, rounds: int) -> dict:
-    """Median save/load seconds of the model file and the train-state file."""
+    """Time saving and loading the model file and the train-state file.
+
+    Args:
+        config: the model size (see :func:`trees`).
+        rounds: timed rounds (one more is run first and dropped).
+
+    Returns:
+        The medians in seconds, the file sizes, the fctc imported and the load average.
+    """
     params, buffers, state = trees(config)
     ck = fctc.checkpoint
     times: dict[str, list[float]] = {k: [] for k in

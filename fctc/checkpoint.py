@@ -276,6 +276,7 @@ def _read_document(path: Path) -> dict[str, Any]:
         )
     if not isinstance(doc.get("leaves"), dict) or not isinstance(doc.get("metadata"), dict):
         raise _modified(path, "its fctc metadata lacks the leaf index or the caller's metadata")
+    _match_index(path, doc["leaves"], shapes)
     if version < _CHECKSUMS_SINCE and _CHECKSUM_KEY not in doc:
         warnings.warn(
             f"checkpoint {path} was written by fctc {doc.get('fctc_version', '?')} (format "
@@ -286,7 +287,6 @@ def _read_document(path: Path) -> dict[str, Any]:
         )
         return doc
     _verify_document(path, doc)
-    _match_index(path, doc["leaves"], shapes)
     return doc
 
 
@@ -295,9 +295,10 @@ def _match_index(path: Path, leaves: dict[str, Any], shapes: dict[str, list[int]
     if set(shapes) != set(leaves):
         raise _modified(path, "its tensors differ from its index")
     for n, shape in shapes.items():
-        if list(shape) != leaves[n].get("shape"):
+        info = leaves[n] if isinstance(leaves[n], dict) else {}
+        if list(shape) != info.get("shape"):
             raise _modified(
-                path, f"tensor {n!r} has shape {tuple(shape)}, its index says {leaves[n].get('shape')}"
+                path, f"tensor {n!r} has shape {tuple(shape)}, its index says {info.get('shape')}"
             )
 
 

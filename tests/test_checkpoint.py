@@ -337,6 +337,17 @@ def test_checkpoints_from_before_checksums_load_with_a_warning(tmp_path):
     assert_trees_equal(fctc.tree.flatten_dict(p), fctc.tree.flatten_dict(state.params))
     with pytest.warns(checkpoint.CheckpointWarning):
         assert checkpoint.read_metadata(path)["format_version"] == 1
+    # Their structure is still checked: a tensor the index does not list is refused.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        header = f.metadata()
+    extra = tmp_path / "extra.safetensors"
+    save_file({**tensors, "stray": torch.ones(1)}, str(extra), metadata=header)
+    with pytest.raises(CheckpointError, match="differ from its index"):
+        checkpoint.load_train_state(extra, template)
     # Saving it again adds the checksums: no warning from then on.
     again = checkpoint.save_train_state(tmp_path / "new.safetensors", back, meta)
     import warnings
