@@ -394,6 +394,35 @@ def test_usage_errors(straight_run, tiny_config, tmp_path, capsys):
         build_parser().parse_args([])
 
 
+def test_corrupt_checkpoints_are_one_line_errors(straight_run, tmp_path, capsys):
+    """A flipped byte in model.safetensors stops transcribe; NaN weights stop --resume."""
+    import shutil
+
+    out, _, _ = straight_run
+    run = tmp_path / "copy"
+    shutil.copytree(out, run)
+    model_file = run / "best" / "model.safetensors"
+    good = model_file.read_bytes()
+    data = bytearray(good)
+    data[-5] ^= 0xFF  # inside the last tensor's bytes
+    model_file.write_bytes(bytes(data))
+    assert main(["transcribe", "--checkpoint", str(run / "best"), "x.flac"]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and str(model_file) in err and "checksum" in err
+    model_file.write_bytes(good)
+    state_file = run / "last" / "train_state.safetensors"
+    tree, meta = fctc.checkpoint.load(state_file)
+    name = next(n for n in fctc.checkpoint.leaf_names(tree) if n.startswith("params."))
+    leaf = tree
+    for part in name.split(".")[:-1]:
+        leaf = leaf[part]
+    leaf[name.split(".")[-1]] = torch.full_like(leaf[name.split(".")[-1]], math.nan)
+    fctc.checkpoint.save(state_file, tree, meta)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(state_file) in err and repr(name) in err and "non-finite" in err, err
+
+
 def test_python_dash_m_runs_the_same_program():
     proc = subprocess.run([sys.executable, "-m", "fctc", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "train" in proc.stdout and "transcribe" in proc.stdout

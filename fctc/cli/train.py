@@ -161,7 +161,7 @@ class Trainer:
         self.elapsed = 0.0
         history: list[dict[str, Any]] = []
         if resume is not None:
-            state, meta = _ckpt.load_train_state(resume / TRAIN_STATE_FILE, state)
+            state, meta = _ckpt.load_train_state(resume / TRAIN_STATE_FILE, state, require_finite=True)
             self.epoch, self.batch_index = int(meta["epoch"]), int(meta["batch"])
             best = meta.get("best_cer")
             self.best_cer = math.inf if best is None else float(best)
