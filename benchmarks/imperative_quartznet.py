@@ -63,6 +63,15 @@ class MaskedConv1d(nn.Module):
         self.stride = stride
 
     def forward(self, x, lengths):
+        """Zero the steps beyond ``lengths``, convolve.
+
+        Args:
+            x: ``(B, C, T)``.
+            lengths: valid steps per example.
+
+        Returns:
+            ``(y, lengths after the convolution)``.
+        """
         steps = torch.arange(x.shape[-1], device=x.device)
         pad = steps.unsqueeze(0) >= lengths.unsqueeze(1)
         x = x.masked_fill(pad.unsqueeze(1), 0.0)
@@ -77,6 +86,15 @@ class Masked(nn.Module):
         self.layer = nn.Sequential(*layers)
 
     def forward(self, x, lengths):
+        """Run the layers on ``x``.
+
+        Args:
+            x: the input.
+            lengths: passed through.
+
+        Returns:
+            ``(layers(x), lengths)``.
+        """
         return self.layer(x), lengths
 
 
@@ -84,6 +102,15 @@ class LengthSequential(nn.Sequential):
     """``nn.Sequential`` over modules that take and return ``(x, lengths)``."""
 
     def forward(self, x, lengths):  # type: ignore[override]
+        """Thread ``(x, lengths)`` through every module.
+
+        Args:
+            x: the input.
+            lengths: valid steps per example.
+
+        Returns:
+            The last module's ``(x, lengths)``.
+        """
         for module in self:
             x, lengths = module(x, lengths)
         return x, lengths
@@ -131,6 +158,15 @@ class QuartznetBlock(nn.Module):
         self.mout = LengthSequential(*_relu_dropout(dropout))
 
     def forward(self, x, lengths):
+        """The block: sub-blocks, plus the residual, then ReLU and dropout.
+
+        Args:
+            x: ``(B, c_in, T)``.
+            lengths: valid steps per example.
+
+        Returns:
+            ``(y (B, c_out, T'), lengths')``.
+        """
         out, out_lengths = self.mconv(x, lengths)
         if self.res is not None:
             out = out + self.res(x, lengths)[0]
@@ -150,7 +186,23 @@ def quartznet_encoder(
     final_filters: Sequence[int] = (512, 1024),
     final_kernel: int = 87,
 ) -> LengthSequential:
-    """Thunder's QuartzNet encoder: stride-2 stem, the body, a dilated block and a 1x1 block."""
+    """Thunder's QuartzNet encoder: stride-2 stem, the body, a dilated block and a 1x1 block.
+
+    Args:
+        feat_in: input features.
+        filters: the width of each body stage.
+        kernel_sizes: the kernel of each body stage.
+        repeat_blocks: blocks per stage.
+        dropout: the dropout probability.
+        repeat: sub-blocks per block.
+        stem_filters: the stem's width.
+        stem_kernel: the stem's kernel.
+        final_filters: the widths of the dilated and the 1x1 block.
+        final_kernel: the dilated block's kernel.
+
+    Returns:
+        The encoder over ``(x, lengths)``.
+    """
     blocks = [QuartznetBlock(feat_in, stem_filters, 1, stem_kernel, stride=2, residual=False,
                              separable=True)]
     width = stem_filters
@@ -177,12 +229,33 @@ class CTCModel(nn.Module):
         self.decoder = nn.Conv1d(width, num_classes, kernel_size=1, bias=True)
 
     def forward(self, features, lengths):
+        """Logits of precomputed features.
+
+        Args:
+            features: ``(B, feat_in, T)``.
+            lengths: valid frames per example.
+
+        Returns:
+            ``(logits (B, classes, T'), lengths')``.
+        """
         encoded, lengths = self.encoder(features, lengths)
         return self.decoder(encoded), lengths
 
 
 def quartznet_ctc(config: str, num_classes: int, feat_in: int = 64) -> CTCModel:
-    """The benchmark model for a named configuration (``"5x5"``, ``"15x5"``, ``"tiny"``)."""
+    """The benchmark model for a named configuration.
+
+    Written independently of fctc's builders on purpose: it is the reference they are
+    compared with.
+
+    Args:
+        config: ``"5x5"``, ``"15x5"`` or ``"tiny"``.
+        num_classes: output classes, blank included.
+        feat_in: input features.
+
+    Returns:
+        The ``nn.Module``.
+    """
     kwargs = dict(CONFIGS[config])
     width = tuple(kwargs.get("final_filters", (512, 1024)))[-1]
     return CTCModel(quartznet_encoder(feat_in, **kwargs), width, num_classes)

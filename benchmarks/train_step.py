@@ -61,7 +61,8 @@ import fctc  # noqa: E402
 import fctc.optim as fo  # noqa: E402
 from benchmarks.imperative_quartznet import quartznet_ctc as imperative_quartznet_ctc  # noqa: E402
 from fctc.nn.core import Model  # noqa: E402
-from fctc.train import Batch, make_train_step  # noqa: E402
+from fctc.data import Batch  # noqa: E402
+from fctc.train import make_train_step  # noqa: E402
 
 NUM_CLASSES = 29  # 28 characters and the blank, as thunder's English QuartzNet
 BLANK = 28
@@ -89,6 +90,15 @@ def make_batches(batch: int, seconds: float, device: torch.device, seed: int = 0
     The longest utterance of every batch fills the padding, as a length-sorted loader's would.
     Targets (``LABELS_PER_SECOND`` labels per second of the shortest possible utterance) are
     always alignable.
+
+    Args:
+        batch: utterances per batch.
+        seconds: the longest utterance ``S``.
+        device: where the batches live.
+        seed: the generator's seed.
+
+    Returns:
+        The batches (features ``(B, FEAT_IN, frames)``).
     """
     g = torch.Generator().manual_seed(seed)
     frames = int(seconds * FRAMES_PER_SECOND) + 1
@@ -105,12 +115,26 @@ def make_batches(batch: int, seconds: float, device: torch.device, seed: int = 0
 
 
 def audio_seconds(batch: Batch) -> float:
-    """Seconds of (unpadded) audio in ``batch``."""
+    """Seconds of (unpadded) audio in a batch.
+
+    Args:
+        batch: a batch of features.
+
+    Returns:
+        Its valid frames in seconds.
+    """
     return float(batch.audio_lengths.sum()) / FRAMES_PER_SECOND
 
 
 def lr_at(count: int) -> float:
-    """The warm-up cosine learning rate of update ``count`` (0-based), optax's formula."""
+    """The warm-up cosine learning rate, optax's formula.
+
+    Args:
+        count: the 0-based update.
+
+    Returns:
+        Its learning rate.
+    """
     if count < WARMUP_STEPS:
         return INIT_LR + (PEAK_LR - INIT_LR) * count / WARMUP_STEPS
     t = min(count - WARMUP_STEPS, DECAY_STEPS - WARMUP_STEPS)
@@ -118,32 +142,26 @@ def lr_at(count: int) -> float:
 
 
 def fctc_transformation() -> fo.GradientTransformation:
-    """``clip_by_global_norm(1.0)`` then AdamW with :func:`lr_at`'s schedule."""
+    """fctc's optimiser of the benchmark.
+
+    Returns:
+        ``clip_by_global_norm(1.0)`` then AdamW with :func:`lr_at`'s schedule.
+    """
     schedule = fo.warmup_cosine_decay_schedule(INIT_LR, PEAK_LR, WARMUP_STEPS, DECAY_STEPS)
     return fo.chain(fo.clip_by_global_norm(MAX_NORM), fo.adamw(schedule, weight_decay=WEIGHT_DECAY))
 
 
-def _features_front_end() -> Model:
-    """The identity front end: the batches already hold features and frame counts."""
-
-    def init(key=None):
-        return {}, {}
-
-    def apply(params, state, x, lengths, *, train=False, key=None):
-        return (x, lengths), state
-
-    return Model(init, apply)
-
-
 def fctc_model(config: str) -> Model:
-    """fctc's QuartzNet CTC model over features (``ctc_model`` with an identity front end)."""
-    kwargs = fctc.models.quartznet_config(config)
-    width = tuple(kwargs.get("final_filters", (512, 1024)))[-1]
-    return fctc.models.ctc_model(
-        _features_front_end(),
-        fctc.models.quartznet_encoder(feat_in=FEAT_IN, **kwargs),
-        fctc.nn.conv1d_decoder(width, NUM_CLASSES),
-    )
+    """fctc's QuartzNet CTC model over features, built by its architecture.
+
+    Args:
+        config: a QuartzNet size (``"5x5"``, ``"15x5"``, ``"tiny"``).
+
+    Returns:
+        The model, with an identity front end (the batches hold features).
+    """
+    kwargs = {**fctc.models.quartznet_config(config), "feat_in": FEAT_IN}
+    return fctc.models.QUARTZNET.ctc_model(fctc.models.identity_front_end(), NUM_CLASSES, kwargs)
 
 
 @functools.lru_cache(maxsize=None)
@@ -152,13 +170,29 @@ def _initial_trees(config: str, seed: int) -> tuple[Any, Any]:
 
 
 def initial_weights(config: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """fctc's initial params and buffers of ``config``, flattened to ``state_dict`` keys."""
+    """fctc's initial params and buffers, the weights both sides start from.
+
+    Args:
+        config: a QuartzNet size.
+        seed: the init key's seed.
+
+    Returns:
+        The trees flattened to ``state_dict`` keys.
+    """
     params, state = _initial_trees(config, seed)
     return {**fctc.tree.flatten_dict(params), **fctc.tree.flatten_dict(state)}
 
 
 def micro_bounds(size: int, k: int) -> list[tuple[int, int]]:
-    """The micro-batch slices fctc's ``accum_steps`` uses: ``round(i * size / k)`` bounds."""
+    """The micro-batch slices fctc's ``accum_steps`` uses.
+
+    Args:
+        size: the batch size.
+        k: micro-batches.
+
+    Returns:
+        ``(start, stop)`` pairs with ``round(i * size / k)`` bounds.
+    """
     bounds = [round(i * size / k) for i in range(k + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
 
@@ -219,6 +253,11 @@ class TorchLoop:
             self.sched.step()
 
     def weights(self) -> dict[str, torch.Tensor]:
+        """The module's weights now.
+
+        Returns:
+            Its ``state_dict``, on the CPU.
+        """
         return {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
 
 
@@ -243,6 +282,11 @@ class FctcLoop:
         self.loss = self.metrics["loss"]
 
     def weights(self) -> dict[str, torch.Tensor]:
+        """The train state's weights now.
+
+        Returns:
+            Params and model state under ``state_dict`` keys, on the CPU.
+        """
         s = self.state
         flat = {**fctc.tree.flatten_dict(s.params), **fctc.tree.flatten_dict(s.model_state)}
         return {k: v.detach().cpu() for k, v in flat.items()}
@@ -254,7 +298,17 @@ def _restore(tree: Any, flat: dict[str, torch.Tensor]) -> Any:
 
 
 def build_row(spec: dict, config: str, weights, device) -> Callable[[Batch], None]:
-    """The runner of one row: a callable that trains one step on a batch."""
+    """The runner of one row.
+
+    Args:
+        spec: the row (``side``, ``precision``, ``accum``).
+        config: the QuartzNet size.
+        weights: the initial weights.
+        device: where it runs.
+
+    Returns:
+        A callable that trains one step on a batch.
+    """
     side, precision, accum = spec["side"], spec["precision"], spec["accum"]
     if side.startswith("torch"):
         return TorchLoop(config, weights, device, precision, side == "torch compile", accum)
@@ -264,7 +318,16 @@ def build_row(spec: dict, config: str, weights, device) -> Callable[[Batch], Non
 
 
 def row_specs(precisions, compile_rows: bool, accum: int) -> list[dict]:
-    """The rows of the table, each with its reference row (the ratio's denominator)."""
+    """The rows of the table.
+
+    Args:
+        precisions: ``fp32`` / ``bf16`` / ``fp16``.
+        compile_rows: include the compiled rows.
+        accum: micro-batches of the accumulation rows (1: none).
+
+    Returns:
+        One dict per row, each with its reference row (the ratio's denominator).
+    """
     specs = []
     sides = SIDES if compile_rows else ("torch eager", "fctc eager", "fctc donated")
     for p in precisions:
@@ -288,7 +351,19 @@ def _sync(device: torch.device) -> None:
 
 
 def time_rows(runners: dict, batches, device, warmup: int, rounds: int, per_round: int) -> dict:
-    """Warm every row up, then let the rows take turns; per-step wall times in seconds."""
+    """Warm every row up, then let the rows take turns.
+
+    Args:
+        runners: row name -> runner.
+        batches: the batches, cycled.
+        device: synchronised around every step.
+        warmup: untimed steps per row.
+        rounds: turns.
+        per_round: steps per row and turn.
+
+    Returns:
+        ``{"first": first-step seconds per row, "times": per-step wall times per row}``.
+    """
     first, times = {}, {name: [] for name in runners}
     for name, run in runners.items():
         for i in range(warmup):
@@ -339,7 +414,19 @@ def _reset_peak_rss() -> bool:
 
 
 def measure_memory_here(spec, config, batch, seconds, device, warmup) -> dict:
-    """Peak memory of one row in this (fresh) process: warm up, then two measured steps."""
+    """Peak memory of one row in this (fresh) process: warm up, then two measured steps.
+
+    Args:
+        spec: the row.
+        config: the QuartzNet size.
+        batch: utterances per batch.
+        seconds: the longest utterance.
+        device: where it runs.
+        warmup: untimed steps first.
+
+    Returns:
+        The memory after setup, the peak and its increase over the steps, in MB.
+    """
     weights = initial_weights(config)
     batches = make_batches(batch, seconds, device)
     run = build_row(spec, config, weights, device)
@@ -378,8 +465,14 @@ def measure_memory_here(spec, config, batch, seconds, device, warmup) -> dict:
 def measure_memory(specs: list[dict], args, parallel: bool = False) -> list[dict]:
     """Run :func:`measure_memory_here` for each row in its own fresh Python process.
 
-    One after the other by default; ``parallel`` starts them together (the quick run: the
-    peaks stay per process, only their timings would suffer).
+    Args:
+        specs: the rows.
+        args: the command line (device, sizes, threads).
+        parallel: start them together (the quick run: the peaks stay per process, only their
+            timings would suffer); one after the other otherwise.
+
+    Returns:
+        One result per row (``{"error": ...}`` for a subprocess that failed).
     """
     def finish(p: subprocess.Popen) -> dict:
         stdout, stderr = p.communicate(timeout=3600)
@@ -416,6 +509,16 @@ def check_parity(config, weights, batches, device, precision="fp32") -> dict:
     its gradient, so a weight whose gradient is at the level of float rounding can move one
     way on one side and the other way on the other: weights differ by less than twice the sum
     of the learning rates (``lr_sum``, here 1.2e-4); the losses agree to rounding.
+
+    Args:
+        config: the QuartzNet size.
+        weights: the initial weights.
+        batches: the first two are trained on.
+        device: where it runs.
+        precision: the precision of both sides.
+
+    Returns:
+        The largest weight and relative loss differences, the losses, ``lr_sum``.
     """
     torch_run = TorchLoop(config, weights, device, precision, compiled=False, accum=1)
     fctc_run = FctcLoop(config, weights, device, precision, jit=False, accum=1)
@@ -435,7 +538,14 @@ def check_parity(config, weights, batches, device, precision="fp32") -> dict:
 
 
 def machine_info(device: torch.device) -> dict:
-    """What the figures were measured on."""
+    """What the figures were measured on.
+
+    Args:
+        device: the benchmark's device.
+
+    Returns:
+        CPU, thread count, versions, load average (and the GPU on CUDA).
+    """
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -464,7 +574,14 @@ def _fmt(x, spec=".2f", none="-"):
 
 
 def markdown(result: dict) -> str:
-    """The results as a markdown table."""
+    """The results as a markdown table.
+
+    Args:
+        result: what :func:`main` returns.
+
+    Returns:
+        The table, with a heading line.
+    """
     a = result["args"]
     lines = [
         f"QuartzNet {a['config']} train step, device={a['device']}, batch {a['batch']} x "
@@ -486,7 +603,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--config", default="5x5", choices=["5x5", "15x5", "tiny"])
@@ -508,6 +625,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--compile", action="store_true", help="with --quick: keep the compiled rows")
     ap.add_argument("--out", default=None, help="write every figure as JSON here")
     ap.add_argument("--memory-row", default=None, help=argparse.SUPPRESS)
+    return ap
+
+
+def _arguments(argv) -> tuple[argparse.Namespace, torch.device, list[str]]:
+    """The command line with the defaults of ``--quick`` and of the device filled in."""
+    ap = _parser()
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is available")
@@ -534,7 +657,66 @@ def main(argv=None) -> dict:
             ap.error(f"--precisions: unknown precision {p!r} (fp32, bf16, fp16)")
     if args.accum > args.batch and args.memory_row is None:
         ap.error(f"--accum {args.accum} exceeds --batch {args.batch}")
+    return args, device, precisions
 
+
+def _timed_rows(specs, timing, batch: int, seconds_per_batch: float) -> list[dict]:
+    """One result row per spec: median step time, throughputs, ratio to its reference."""
+    rows = []
+    for s in specs:
+        ts = timing["times"][s["name"]]
+        med = statistics.median(ts)
+        rows.append({
+            **s,
+            "step_ms": 1e3 * med,
+            "utt_per_s": batch / med,
+            "audio_s_per_s": seconds_per_batch / med,
+            "first_step_s": timing["first"][s["name"]],
+            "compile_s": (timing["first"][s["name"]] - med) if s["side"] in ("torch compile", "fctc jit") else None,
+            "step_times_s": ts,
+        })
+    by_name = {r["name"]: r for r in rows}
+    for r in rows:
+        r["speed_vs_ref"] = by_name[r["ref"]]["step_ms"] / r["step_ms"]
+    return rows
+
+
+def _add_memory(rows: list[dict], specs: list[dict], args) -> None:
+    """Measure each row's memory in its own process (quick: the fp32 rows only, side by side,
+    since the code path is the same for every row)."""
+    chosen = [i for i, s in enumerate(specs)
+              if not args.quick or (s["precision"] == "fp32" and s["accum"] == 1)]
+    mems = measure_memory(
+        [{k: specs[i][k] for k in ("side", "precision", "accum")} for i in chosen], args,
+        parallel=args.quick,
+    )
+    for i, mem in zip(chosen, mems):
+        rows[i]["memory"] = mem
+
+
+def _workload(args, weights, seconds_per_batch: float) -> dict:
+    return {
+        "model": f"QuartzNet {args.config} encoder + conv1d decoder, {NUM_CLASSES} classes",
+        "input": f"precomputed features ({FEAT_IN} mel bands, {FRAMES_PER_SECOND} frames/s)",
+        "params": sum(v.numel() for k, v in weights.items() if "running" not in k
+                      and "num_batches" not in k),
+        "audio_seconds_per_batch": seconds_per_batch,
+        "optimiser": f"clip_by_global_norm({MAX_NORM}) + AdamW(wd={WEIGHT_DECAY}), "
+                     f"warm-up {WARMUP_STEPS} / cosine {DECAY_STEPS}, peak lr {PEAK_LR}",
+        "loss": "CTC, reduction mean (thunder)",
+    }
+
+
+def main(argv=None) -> dict:
+    """Run the benchmark (or, with ``--memory-row``, one memory subprocess).
+
+    Args:
+        argv: the command line; None reads ``sys.argv``.
+
+    Returns:
+        Every figure (also written to ``--out`` as JSON); the table is printed.
+    """
+    args, device, precisions = _arguments(argv)
     if args.memory_row is not None:  # the memory subprocess
         out = measure_memory_here(json.loads(args.memory_row), args.config, args.batch,
                                   args.seconds, device, args.warmup)
@@ -551,48 +733,16 @@ def main(argv=None) -> dict:
     machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
     seconds_per_batch = statistics.mean(audio_seconds(b) for b in batches)
-    rows = []
-    for s in specs:
-        ts = timing["times"][s["name"]]
-        med = statistics.median(ts)
-        rows.append({
-            **s,
-            "step_ms": 1e3 * med,
-            "utt_per_s": args.batch / med,
-            "audio_s_per_s": seconds_per_batch / med,
-            "first_step_s": timing["first"][s["name"]],
-            "compile_s": (timing["first"][s["name"]] - med) if s["side"] in ("torch compile", "fctc jit") else None,
-            "step_times_s": ts,
-        })
-    by_name = {r["name"]: r for r in rows}
-    for r in rows:
-        r["speed_vs_ref"] = by_name[r["ref"]]["step_ms"] / r["step_ms"]
+    rows = _timed_rows(specs, timing, args.batch, seconds_per_batch)
     if not args.no_memory:
-        # quick: the fp32 rows only, side by side (the code path is the same for every row)
-        chosen = [i for i, s in enumerate(specs)
-                  if not args.quick or (s["precision"] == "fp32" and s["accum"] == 1)]
-        mems = measure_memory(
-            [{k: specs[i][k] for k in ("side", "precision", "accum")} for i in chosen], args,
-            parallel=args.quick,
-        )
-        for i, mem in zip(chosen, mems):
-            rows[i]["memory"] = mem
+        _add_memory(rows, specs, args)
 
     result = {
         "benchmark": "train_step",
         "date": time.strftime("%Y-%m-%d"),
         "args": {k: v for k, v in vars(args).items() if k != "memory_row"},
         "machine": machine,
-        "workload": {
-            "model": f"QuartzNet {args.config} encoder + conv1d decoder, {NUM_CLASSES} classes",
-            "input": f"precomputed features ({FEAT_IN} mel bands, {FRAMES_PER_SECOND} frames/s)",
-            "params": sum(v.numel() for k, v in weights.items() if "running" not in k
-                          and "num_batches" not in k),
-            "audio_seconds_per_batch": seconds_per_batch,
-            "optimiser": f"clip_by_global_norm({MAX_NORM}) + AdamW(wd={WEIGHT_DECAY}), "
-                         f"warm-up {WARMUP_STEPS} / cosine {DECAY_STEPS}, peak lr {PEAK_LR}",
-            "loss": "CTC, reduction mean (thunder)",
-        },
+        "workload": _workload(args, weights, seconds_per_batch),
         "parity_fp32": parity,
         "timed_steps": args.rounds * args.per_round,
         "rows": rows,

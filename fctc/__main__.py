@@ -1,4 +1,8 @@
-"""``python -m fctc``: the ``fctc`` command line (``fctc train | eval | transcribe``)."""
+"""``python -m fctc``: the ``fctc`` command line (``fctc train | eval | transcribe``).
+
+The same program as the installed ``fctc`` script, for environments without it on
+``PATH``.
+"""
 
 import sys
 

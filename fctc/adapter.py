@@ -75,6 +75,30 @@ def _order(params_keys: list[str], state_keys: list[str]) -> list[str]:
     return keys
 
 
+def _check_trees(p_leaves, s_leaves, p_paths: list[str], s_paths: list[str]) -> None:
+    """Every leaf a tensor, and every ``"."``-joined path naming one tensor only."""
+    for kind, leaves in (("params", p_leaves), ("state", s_leaves)):
+        for x in leaves:
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(
+                    f"FunctionalModule: every {kind} leaf must be a tensor, got "
+                    f"{type(x).__name__}"
+                )
+    for kind, paths_ in (("params", p_paths), ("state", s_paths)):
+        if len(set(paths_)) != len(paths_):
+            dup = sorted({p for p in paths_ if paths_.count(p) > 1})
+            raise ValueError(
+                f"FunctionalModule: the {kind} keys {dup} are ambiguous (a dict key holds "
+                "a '.'); state_dict keys join the pytree path with '.'"
+            )
+    clash = sorted(set(p_paths) & set(s_paths))
+    if clash:
+        raise ValueError(
+            f"FunctionalModule: keys {clash} are both a parameter and a state entry; "
+            "a state_dict key can only name one tensor"
+        )
+
+
 class FunctionalModule(nn.Module):
     """An ``nn.Module`` holding ``(model, params, state)``; ``forward`` runs ``model.apply``.
 
@@ -93,6 +117,11 @@ class FunctionalModule(nn.Module):
     returns its outputs; in train mode the returned state is copied into the buffers (without
     gradient), so running statistics update as in an imperative module. ``.to(device/dtype)``,
     ``torch.compile(module)`` and ``torch.optim`` work as for any module.
+
+    Raises:
+        TypeError: ``model`` is not an fctc Model, or a leaf is not a tensor.
+        ValueError: two leaves share a ``state_dict`` key (a dict key holding ``"."``, or a key
+            both in ``params`` and ``state``), or a key has an empty component.
     """
 
     def __init__(self, model: Model, params: Any, state: Any = None, *, copy: bool = True):
@@ -112,30 +141,11 @@ class FunctionalModule(nn.Module):
         object.__setattr__(self, "_fctc_defs", (p_def, s_def))
         p_paths = _tree.paths(params)
         s_paths = _tree.paths(state)
+        _check_trees(p_leaves, s_leaves, p_paths, s_paths)
         # optree sorts dict keys; registration follows the dicts' insertion order instead,
         # which is the reference module's state_dict order.
         p_ordered = _insertion_order(params, p_paths)
         s_ordered = _insertion_order(state, s_paths)
-        for kind, leaves in (("params", p_leaves), ("state", s_leaves)):
-            for x in leaves:
-                if not isinstance(x, torch.Tensor):
-                    raise TypeError(
-                        f"FunctionalModule: every {kind} leaf must be a tensor, got "
-                        f"{type(x).__name__}"
-                    )
-        for kind, paths_ in (("params", p_paths), ("state", s_paths)):
-            if len(set(paths_)) != len(paths_):
-                dup = sorted({p for p in paths_ if paths_.count(p) > 1})
-                raise ValueError(
-                    f"FunctionalModule: the {kind} keys {dup} are ambiguous (a dict key holds "
-                    "a '.'); state_dict keys join the pytree path with '.'"
-                )
-        clash = sorted(set(p_paths) & set(s_paths))
-        if clash:
-            raise ValueError(
-                f"FunctionalModule: keys {clash} are both a parameter and a state entry; "
-                "a state_dict key can only name one tensor"
-            )
         # Build the container tree in state_dict order, then fill in leaves.
         self._build(
             [_check_path(p, "params") for p in p_ordered],
@@ -191,7 +201,11 @@ class FunctionalModule(nn.Module):
 
     @property
     def model(self) -> Model:
-        """The wrapped fctc ``Model``."""
+        """The wrapped model.
+
+        Returns:
+            The fctc ``Model`` given to the constructor.
+        """
         return self._fctc_model
 
     def _live(self) -> tuple[Any, Any]:
@@ -207,22 +221,41 @@ class FunctionalModule(nn.Module):
 
     @property
     def params(self) -> Any:
-        """The current parameter pytree as detached tensors that SHARE storage with the module.
+        """The current parameters.
 
         Later in-place updates (``optimizer.step()``, ``load_state_dict``) show through; take
         ``fctc.tree.map(torch.clone, module.params)`` for a snapshot.
+
+        Returns:
+            The parameter pytree as detached tensors that SHARE storage with the module.
         """
         p, _ = self._live()
         return _tree.map(lambda x: x.detach(), p)
 
     @property
     def state(self) -> Any:
-        """The current state pytree (buffers), detached and sharing storage like ``params``."""
+        """The current state (buffers).
+
+        Returns:
+            The state pytree, detached and sharing storage like :attr:`params`.
+        """
         _, s = self._live()
         return _tree.map(lambda x: x.detach(), s)
 
     def forward(self, *inputs: Any, key: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        """Run ``model.apply`` with the live parameters; in train mode store the new state."""
+        """Run ``model.apply`` with the live parameters; in train mode store the new state.
+
+        Args:
+            *inputs: the model's inputs (e.g. ``audio, lengths``).
+            key: the PRNG key for dropout, dither and augmentation (training).
+            **kwargs: more keyword arguments of ``model.apply``.
+
+        Returns:
+            The model's outputs (without the state).
+
+        Raises:
+            ValueError: in train mode, the returned state does not match the buffers.
+        """
         params, state = self._live()
         outputs, new_state = self._fctc_model.apply(
             params, state, *inputs, train=self.training, key=key, **kwargs
@@ -259,11 +292,21 @@ class FunctionalModule(nn.Module):
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False):
         """Load parameters and buffers from a flat ``{key: tensor}`` mapping.
 
-        Shapes must match exactly (always an error, also with ``strict=False``); with
-        ``strict=True`` missing and unexpected keys are errors listing every offending key.
-        Values are copied into the existing tensors (keeping the module's dtype and device)
-        unless ``assign=True``, which installs the given tensors themselves. Returns torch's
-        ``(missing_keys, unexpected_keys)`` named tuple.
+        Shapes must match exactly (always an error, also with ``strict=False``).
+
+        Args:
+            state_dict: ``state_dict`` keys to tensors.
+            strict: missing and unexpected keys are errors listing every offending key.
+            assign: install the given tensors themselves instead of copying their values into
+                the existing ones (which keeps the module's dtype and device).
+
+        Returns:
+            torch's ``(missing_keys, unexpected_keys)`` named tuple.
+
+        Raises:
+            TypeError: ``state_dict`` is not a mapping.
+            RuntimeError: shapes differ, a value is not a tensor, or (with ``strict``) keys
+                are missing or unexpected.
         """
         if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
             raise TypeError(
@@ -324,5 +367,9 @@ class FunctionalModule(nn.Module):
         return _IncompatibleKeys(missing, unexpected)
 
     def extra_repr(self) -> str:
-        """The parameter count and number of buffers, shown by ``print(module)``."""
+        """What ``print(module)`` shows.
+
+        Returns:
+            The parameter count and the number of buffers.
+        """
         return f"parameters={_tree.size(self._live()[0])}, buffers={len(self._fctc_paths[1])}"

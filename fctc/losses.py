@@ -2,8 +2,10 @@
 
 ``ctc_loss`` takes logits shaped ``(batch, vocab, time)``, as thunder's models return them,
 applies ``log_softmax`` over the vocabulary (in float32 when the logits are half precision)
-and runs the CTC kernels of ``torch.nn.functional.ctc_loss`` with ``zero_infinity=True``
-(wrapped so that ``torch.compile`` traces through them). Reductions:
+and runs the CTC kernels of ``torch.nn.functional.ctc_loss`` with ``zero_infinity=True``,
+wrapped so that ``torch.compile`` traces through them and ``torch.func`` transforms
+differentiate them (per-utterance losses and gradients are bit for bit ``F.ctc_loss``'s).
+Reductions:
 
 * ``"thunder"`` and ``"mean"`` — torch's ``"mean"``, which is what thunder trains with: each
   utterance's loss divided by its target length (clamped to at least 1), averaged over the
@@ -149,34 +151,25 @@ def _(grad, log_probs, targets, lengths, target_lengths, nll, alpha, blank):
     return torch.empty_like(log_probs)
 
 
-class _CTCNegLogLikelihood(torch.autograd.Function):
-    """Differentiation rule of the CTC custom ops (the form torch.func transforms accept)."""
-
-    @staticmethod
-    def forward(log_probs, targets, lengths, target_lengths, blank):
-        return _ctc_nll_op(log_probs, targets, lengths, target_lengths, blank)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        log_probs, targets, lengths, target_lengths, blank = inputs
-        nll, alpha = output
-        ctx.mark_non_differentiable(alpha)
-        ctx.save_for_backward(log_probs, targets, lengths, target_lengths, nll, alpha)
-        ctx.blank = blank
-
-    @staticmethod
-    def backward(ctx, grad_nll, grad_alpha):
-        log_probs, targets, lengths, target_lengths, nll, alpha = ctx.saved_tensors
-        grad = _ctc_nll_backward_op(
-            grad_nll.contiguous(), log_probs, targets, lengths, target_lengths, nll, alpha,
-            ctx.blank,
-        )
-        return grad, None, None, None, None
-
-
 def _ctc_nll(log_probs, targets, lengths, target_lengths, blank):
-    """Per-utterance CTC negative log-likelihood, infinite ones zeroed (``zero_infinity``)."""
-    nll, _ = _CTCNegLogLikelihood.apply(log_probs, targets, lengths, target_lengths, blank)
+    """Per-utterance CTC negative log-likelihood, infinite ones zeroed (``zero_infinity``).
+
+    The derivative comes without an ``autograd.Function``: when ``log_probs`` needs a gradient,
+    the backward kernel runs here with unit upstream gradients, giving ``slope = d nll_b /
+    d log_probs[:, b]``, and ``nll + sum((log_probs - log_probs.detach()) * slope)`` (the same
+    value, exactly: the added term is zero) hands it to autograd, which multiplies it by the
+    upstream gradient. The kernel scales its result by the upstream gradient as its last
+    operation, so the gradient is bit for bit what ``F.ctc_loss`` gives. Plain ops differentiate
+    under every transform: ``torch.func.grad`` / ``vjp`` eagerly, and compiled steps, where
+    torch <= 2.9 turns any ``autograd.Function`` into one that functorch refuses.
+    """
+    lp = log_probs.detach()
+    nll, alpha = _ctc_nll_op(lp, targets, lengths, target_lengths, blank)
+    if log_probs.requires_grad:
+        slope = _ctc_nll_backward_op(
+            torch.ones_like(nll), lp, targets, lengths, target_lengths, nll, alpha, blank
+        )
+        nll = nll + ((log_probs - lp) * slope).sum(dim=(0, 2))
     # The kernel's zero_infinity flag only zeroes gradients; the value is zeroed here, as
     # aten::ctc_loss does around the same kernel.
     return torch.where(nll == float("inf"), torch.zeros_like(nll), nll)
@@ -187,6 +180,14 @@ def infeasible_count(lengths: torch.Tensor, targets: torch.Tensor, target_length
 
     CTC needs ``target_length + repeats`` frames, where ``repeats`` counts adjacent equal
     labels (a blank must separate them).
+
+    Args:
+        lengths: frames per utterance ``(B,)``.
+        targets: padded labels ``(B, L)``.
+        target_lengths: labels per utterance ``(B,)``.
+
+    Returns:
+        The count, an ``int64`` tensor scalar (no host synchronisation).
     """
     max_target = targets.shape[1]
     valid = torch.arange(max_target, device=targets.device) < target_lengths.unsqueeze(1)
@@ -209,6 +210,23 @@ def ctc_loss(
     ``targets`` is ``(B, L)``, padded beyond ``target_lengths`` with any index. ``blank`` is the
     blank's index (``Vocabulary.blank_idx``). See the module notes for the reductions and for
     the warning about utterances with more labels than frames.
+
+    Args:
+        logits: unnormalised scores ``(B, vocab, T)`` (half precision is computed in float32).
+        lengths: valid frames per utterance ``(B,)``, integers.
+        targets: padded label indices ``(B, L)``, never the blank within ``target_lengths``.
+        target_lengths: labels per utterance ``(B,)``, integers.
+        blank: the blank's index, in ``[0, vocab)``.
+        reduction: ``"thunder"``, ``"mean"``, ``"espnet"``, ``"sum"`` or ``"none"``.
+        check_feasible: warn (eagerly) about utterances with too few frames.
+
+    Returns:
+        A float scalar, or the per-utterance losses ``(B,)`` for ``"none"``.
+
+    Raises:
+        TypeError: non-floating logits, or non-integer lengths or targets.
+        ValueError: shapes that do not agree, a bad ``blank`` or ``reduction``, or (eagerly)
+            lengths or labels out of range, or the blank used as a label.
     """
     _validate(logits, lengths, targets, target_lengths, blank, reduction)
     tracing = is_tracing()

@@ -28,7 +28,15 @@ __all__ = ["ErrorCounts", "error_counts", "cer", "wer", "error_rate"]
 
 
 def error_rate(edits: int, total: int) -> float:
-    """``edits / total``, with ``0 / 0 = 0.0`` and ``n / 0 = inf`` (see the module notes)."""
+    """``edits / total``, with ``0 / 0 = 0.0`` and ``n / 0 = inf`` (see the module notes).
+
+    Args:
+        edits: summed edit distances.
+        total: summed reference lengths.
+
+    Returns:
+        The rate, a float.
+    """
     if total == 0:
         return 0.0 if edits == 0 else math.inf
     return edits / total
@@ -53,12 +61,20 @@ class ErrorCounts(NamedTuple):
 
     @property
     def cer(self) -> float:
-        """Character error rate: character edits over reference characters."""
+        """Character error rate: character edits over reference characters.
+
+        Returns:
+            The rate (see :func:`error_rate` for empty references).
+        """
         return error_rate(self.char_edits, self.chars)
 
     @property
     def wer(self) -> float:
-        """Word error rate: word edits over reference words."""
+        """Word error rate: word edits over reference words.
+
+        Returns:
+            The rate (see :func:`error_rate` for empty references).
+        """
         return error_rate(self.word_edits, self.words)
 
 
@@ -85,7 +101,19 @@ def _edits(out) -> tuple[int, int]:
 
 
 def error_counts(predictions: Sequence[str], references: Sequence[str]) -> ErrorCounts:
-    """Character and word edit counts of a batch of predictions against their references."""
+    """Character and word edit counts of a batch of predictions against their references.
+
+    Args:
+        predictions: the hypotheses, one str per utterance.
+        references: the transcripts, paired one to one with ``predictions``.
+
+    Returns:
+        The counts, to add across batches (``sum`` works).
+
+    Raises:
+        TypeError: either is a str or holds a non-str.
+        ValueError: they differ in length.
+    """
     predictions, references = _check(predictions, references, "error_counts")
     if not predictions:
         return ErrorCounts()
@@ -95,16 +123,36 @@ def error_counts(predictions: Sequence[str], references: Sequence[str]) -> Error
 
 
 def cer(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus-level character error rate of ``predictions`` against ``references``."""
-    predictions, references = _check(predictions, references, "cer")
+    """Corpus-level character error rate of ``predictions`` against ``references``.
+
+    Args:
+        predictions: the hypotheses, one str per utterance.
+        references: the transcripts, paired one to one.
+
+    Returns:
+        Character edits over reference characters (0.0 for no utterances).
+
+    Raises:
+        TypeError: either is a str or holds a non-str.
+        ValueError: they differ in length.
+    """
+    return _corpus_rate(predictions, references, "cer", jiwer.process_characters)
+
+
+def _corpus_rate(predictions, references, fn: str, process) -> float:
+    predictions, references = _check(predictions, references, fn)
     if not predictions:
         return 0.0
-    return error_rate(*_edits(jiwer.process_characters(references, predictions)))
+    return error_rate(*_edits(process(references, predictions)))
 
 
 def wer(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Corpus-level word error rate of ``predictions`` against ``references``."""
-    predictions, references = _check(predictions, references, "wer")
-    if not predictions:
-        return 0.0
-    return error_rate(*_edits(jiwer.process_words(references, predictions)))
+    """Corpus-level word error rate of ``predictions`` against ``references``.
+
+    Args:
+        predictions, references: as for :func:`cer`.
+
+    Returns:
+        Word edits over reference words (0.0 for no utterances); raises as :func:`cer`.
+    """
+    return _corpus_rate(predictions, references, "wer", jiwer.process_words)

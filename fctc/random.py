@@ -43,7 +43,18 @@ _FOLD_DOMAIN = 2
 
 
 def key(seed: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """A new key from an integer seed (any Python int; reduced modulo 2**64)."""
+    """A new key from an integer seed.
+
+    Args:
+        seed: any Python int (reduced modulo ``2**64``), or an integer tensor scalar.
+        device: where the key lives; the numbers drawn from it are the same on every device.
+
+    Returns:
+        The key: an ``int64`` tensor of shape ``(2,)`` (two 32-bit words).
+
+    Raises:
+        TypeError: ``seed`` is not an int.
+    """
     if isinstance(seed, torch.Tensor):
         seed = int(seed.item())
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -53,7 +64,14 @@ def key(seed: int, device: torch.device | str | None = None) -> torch.Tensor:
 
 
 def is_key(k: object) -> bool:
-    """True when ``k`` looks like an fctc key (an int64 tensor of shape (2,))."""
+    """Whether ``k`` looks like an fctc key.
+
+    Args:
+        k: any value.
+
+    Returns:
+        True for an ``int64`` tensor of shape ``(2,)``.
+    """
     return isinstance(k, torch.Tensor) and k.dtype == torch.int64 and tuple(k.shape) == (2,)
 
 
@@ -106,7 +124,19 @@ def _threefry2x32(k: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor):
 
 
 def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
-    """``num`` new independent keys, stacked as a ``(num, 2)`` tensor (unpack it or index it)."""
+    """``num`` new independent keys derived from ``k`` (which should not be used again).
+
+    Args:
+        k: a key.
+        num: how many keys, ``>= 1``.
+
+    Returns:
+        The keys stacked as a ``(num, 2)`` tensor (unpack it or index it).
+
+    Raises:
+        TypeError: ``k`` is not a key.
+        ValueError: ``num`` is not a positive int.
+    """
     _check_key(k, "split")
     if not isinstance(num, int) or num < 1:
         raise ValueError(f"random.split: num must be a positive int, got {num!r}")
@@ -117,7 +147,19 @@ def split(k: torch.Tensor, num: int = 2) -> torch.Tensor:
 
 
 def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
-    """A new key that mixes ``data`` (an int or int tensor scalar, e.g. a step) into ``k``."""
+    """A new key that mixes ``data`` into ``k``: one key per step from one run key.
+
+    Args:
+        k: a key.
+        data: an int (any size; its 64-bit two's-complement pattern) or an integer tensor
+            scalar, e.g. the step counter (so a compiled step need not recompile).
+
+    Returns:
+        The new key.
+
+    Raises:
+        TypeError: ``k`` is not a key, or ``data`` is not an integer scalar.
+    """
     _check_key(k, "fold_in")
     if isinstance(data, torch.Tensor):
         if data.numel() != 1 or data.is_floating_point():
@@ -159,7 +201,21 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def bits(k: torch.Tensor, shape: int | Sequence[int], words: int = 1) -> torch.Tensor:
-    """Uniform random 32-bit words (as int64 in [0, 2**32)); ``words=2`` gives ``(*shape, 2)``."""
+    """Uniform random 32-bit words, the raw material of every sampler here.
+
+    Args:
+        k: a key.
+        shape: the output shape.
+        words: words per element; ``2`` gives a trailing axis of two.
+
+    Returns:
+        ``int64`` values in ``[0, 2**32)``, of shape ``shape`` (``(*shape, 2)`` for
+        ``words=2``).
+
+    Raises:
+        TypeError: ``k`` is not a key.
+        ValueError: a negative dimension.
+    """
     _check_key(k, "bits")
     shape = _shape(shape)
     out = _to_word(_bits32(k, _numel(shape) * words))
@@ -185,7 +241,25 @@ def uniform(
     minval: float | torch.Tensor = 0.0,
     maxval: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
-    """Uniform samples in ``[minval, maxval)`` on the key's device."""
+    """Uniform samples in ``[minval, maxval)`` on the key's device.
+
+    Values in ``[0, 1)`` lie on a grid of ``2**-mantissa_bits``, so each is exact in
+    ``dtype``; the affine map to ``[minval, maxval)`` is clamped below ``maxval``.
+
+    Args:
+        k: a key.
+        shape: the output shape.
+        dtype: a floating dtype.
+        minval: the lower bound (a number or a broadcastable tensor).
+        maxval: the upper bound, excluded.
+
+    Returns:
+        A tensor of ``shape`` and ``dtype``.
+
+    Raises:
+        TypeError: ``k`` is not a key, or ``dtype`` is not floating.
+        ValueError: number bounds with ``maxval <= minval``, or a negative dimension.
+    """
     _check_key(k, "uniform")
     if not dtype.is_floating_point:
         raise TypeError(f"random.uniform: dtype must be floating, got {dtype}")
@@ -209,7 +283,21 @@ def normal(
     mean: float = 0.0,
     std: float = 1.0,
 ) -> torch.Tensor:
-    """Normal samples (inverse-CDF of a uniform in (-1, 1), as JAX does)."""
+    """Normal samples: ``sqrt(2) * erfinv(u)`` of a uniform ``u`` in ``(-1, 1)``, as JAX does.
+
+    Args:
+        k: a key.
+        shape: the output shape.
+        dtype: a floating dtype (computed in float32, or float64 for float64).
+        mean: the mean.
+        std: the standard deviation.
+
+    Returns:
+        A tensor of ``shape`` and ``dtype``.
+
+    Raises:
+        TypeError: ``k`` is not a key, or ``dtype`` is not floating.
+    """
     _check_key(k, "normal")
     if not dtype.is_floating_point:
         raise TypeError(f"random.normal: dtype must be floating, got {dtype}")
@@ -226,7 +314,20 @@ def normal(
 def bernoulli(
     k: torch.Tensor, p: float | torch.Tensor = 0.5, shape: int | Sequence[int] | None = None
 ) -> torch.Tensor:
-    """Boolean samples, True with probability ``p`` (``shape`` defaults to ``p``'s shape)."""
+    """Boolean samples, True with probability ``p``.
+
+    Args:
+        k: a key.
+        p: the probability, a number in ``[0, 1]`` or a tensor of them.
+        shape: the output shape (default: ``p``'s shape).
+
+    Returns:
+        A bool tensor.
+
+    Raises:
+        TypeError: ``k`` is not a key.
+        ValueError: a number ``p`` outside ``[0, 1]``.
+    """
     _check_key(k, "bernoulli")
     if shape is None:
         shape = tuple(p.shape) if isinstance(p, torch.Tensor) else ()
@@ -238,7 +339,20 @@ def bernoulli(
 def randint(
     k: torch.Tensor, shape: int | Sequence[int], minval: int | torch.Tensor, maxval: int | torch.Tensor
 ) -> torch.Tensor:
-    """Integers in ``[minval, maxval)`` (int64); bounds may be tensors that broadcast."""
+    """Uniform integers in ``[minval, maxval)``.
+
+    Args:
+        k: a key.
+        shape: the output shape.
+        minval: the lower bound, included (an int or a broadcastable tensor).
+        maxval: the upper bound, excluded (where ``maxval <= minval``, ``minval``).
+
+    Returns:
+        An ``int64`` tensor.
+
+    Raises:
+        TypeError: ``k`` is not a key.
+    """
     _check_key(k, "randint")
     u = _unit(k, _shape(shape), torch.float64)
     lo = torch.as_tensor(minval, device=k.device)
@@ -249,7 +363,19 @@ def randint(
 
 
 def permutation(k: torch.Tensor, n: int) -> torch.Tensor:
-    """A uniformly random permutation of ``range(n)`` (int64)."""
+    """A uniformly random permutation of ``range(n)`` (the sort order of ``n`` uniforms).
+
+    Args:
+        k: a key.
+        n: the length, ``>= 0``.
+
+    Returns:
+        An ``int64`` tensor of shape ``(n,)``.
+
+    Raises:
+        TypeError: ``k`` is not a key.
+        ValueError: ``n`` is not a non-negative int.
+    """
     _check_key(k, "permutation")
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"random.permutation: n must be a non-negative int, got {n!r}")

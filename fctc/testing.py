@@ -105,6 +105,16 @@ def keys(min_seed: int = 0, max_seed: int = 2**32 - 1) -> st.SearchStrategy[torc
     Use it wherever a block takes a ``key``: init, dropout, augmentation. Hypothesis shrinks a
     failure to the smallest seed that shows it.
 
+    Args:
+        min_seed: the smallest seed.
+        max_seed: the largest seed.
+
+    Returns:
+        A strategy of keys.
+
+    Raises:
+        ValueError: ``min_seed`` exceeds ``max_seed``.
+
     >>> from hypothesis import given
     >>> @given(keys())
     ... def test_uniform_is_reproducible(key):
@@ -151,6 +161,16 @@ def lengths(
     to the longest example does. ``batch_size`` and ``max_time`` may be strategies (a drawn
     ``max_time`` below ``min_length`` is raised to ``min_length``).
 
+    Args:
+        batch_size: the number of lengths ``B`` (an int or a strategy).
+        max_time: the largest length ``T`` (an int or a strategy).
+        min_length: the smallest length.
+        full: make some length equal ``max_time``.
+
+    Returns:
+        A strategy of ``int64`` tensors of shape ``(B,)``; a negative size or a
+        ``min_length`` above an int ``max_time`` raises ``ValueError`` when drawn.
+
     >>> from hypothesis import given
     >>> @given(lengths(batch_size=4, max_time=10, min_length=1, full=True))
     ... def test_lengths(ls):
@@ -173,6 +193,19 @@ def fill_padding(
     ``fill`` is a number, ``"zeros"``, ``"garbage"`` (large random values drawn from ``key``,
     the default ``key(0)``) or ``"nan"`` (NaN, +inf and -inf in turn). The valid region is
     copied unchanged. Time is ``x``'s ``time_dim``; the batch is dimension 0.
+
+    Args:
+        x: a batch, batch first.
+        lengths: its lengths ``(B,)``.
+        fill: what the padding gets (see above).
+        key: the key for ``"garbage"``.
+        time_dim: the time axis.
+
+    Returns:
+        A new tensor like ``x``.
+
+    Raises:
+        ValueError: an unknown ``fill``, or ``x`` and ``lengths`` that do not fit together.
 
     >>> x = torch.ones(2, 4)
     >>> fill_padding(x, torch.tensor([4, 1]), "zeros")
@@ -243,6 +276,24 @@ def padded_batches(
     may be ints or strategies (a drawn ``max_time`` below ``min_length`` is raised to it);
     ``full=True`` makes some length equal ``T``.
 
+    Args:
+        batch_sizes: ``B`` (an int or a strategy).
+        channels: ``C`` (an int or a strategy), or None for ``(B, T)`` batches.
+        max_time: ``T`` (an int or a strategy).
+        min_length: the smallest length.
+        dtype: a floating dtype.
+        padding: what the padding holds (see above).
+        full: make some length equal ``T``.
+        elements: a float strategy for the values, or None for scaled normal values.
+        scale: the normal values' scale.
+
+    Returns:
+        A strategy of ``(x, lengths)`` pairs.
+
+    Raises:
+        ValueError: an unknown ``padding``.
+        TypeError: a non-floating ``dtype``.
+
     >>> from hypothesis import given
     >>> @given(padded_batches(batch_sizes=2, channels=3, max_time=5, min_length=1))
     ... def test_shapes(batch):
@@ -266,6 +317,16 @@ def params_of(model: Any, keys_: st.SearchStrategy[torch.Tensor] | None = None):
     """``(params, state)`` of ``model`` (any object with ``init(key)``), from a drawn key.
 
     Property tests then hold for every initialisation hypothesis tries, not one lucky seed.
+
+    Args:
+        model: the model (anything with ``init(key)``).
+        keys_: the strategy of keys (default :func:`keys`).
+
+    Returns:
+        A strategy of ``model.init(key)`` results.
+
+    Raises:
+        TypeError: ``model`` has no ``init``.
 
     >>> from hypothesis import given
     >>> toy = fctc.nn.Model(lambda key: ({"w": fctc.random.normal(key, (2,))}, {}), None)
@@ -405,6 +466,17 @@ def assert_trees_allclose(
     names the first differing leaf by its ``"a.b.c"`` path, the number of differing elements,
     the largest absolute difference and where it is; other differing leaves are listed.
 
+    Args:
+        actual: the pytree under test.
+        expected: the reference pytree.
+        rtol: relative tolerance.
+        atol: absolute tolerance.
+        equal_nan: count NaNs in the same places as equal.
+        msg: a line put before the message on failure.
+
+    Raises:
+        AssertionError: the structures, a shape or dtype, or a value differ.
+
     >>> assert_trees_allclose({"w": torch.ones(2)}, {"w": torch.ones(2) + 1e-7})
     >>> assert_trees_allclose({"w": torch.ones(2)}, {"w": torch.zeros(2)})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -419,6 +491,15 @@ def assert_trees_equal(actual: Any, expected: Any, equal_nan: bool = True, msg: 
 
     For bit-for-bit claims (eager == compiled, same key -> same numbers, resumed == uninterrupted
     training). NaNs in the same places count as equal unless ``equal_nan=False``.
+
+    Args:
+        actual: the pytree under test.
+        expected: the reference pytree.
+        equal_nan: count NaNs in the same places as equal.
+        msg: a line put before the message on failure.
+
+    Raises:
+        AssertionError: the structures, a shape or dtype, or a value differ.
 
     >>> nan = float("nan")
     >>> assert_trees_equal((torch.tensor([1.0, nan]),), (torch.tensor([1.0, nan]),))
@@ -449,6 +530,18 @@ def assert_pure(fn: Callable[..., Any], *args: Any, deterministic: bool = True, 
     is unchanged, which catches an in-place op even when it restores the value). With
     ``deterministic`` (default) ``fn`` is called a second time and must return an identical
     result: a pure function's randomness comes only from its key.
+
+    Args:
+        fn: the function under test.
+        *args: its positional arguments.
+        deterministic: call it twice and require identical results.
+        **kwargs: its keyword arguments.
+
+    Returns:
+        ``fn``'s (first) result.
+
+    Raises:
+        AssertionError: ``fn`` wrote to or changed an input, or is not deterministic.
 
     >>> assert_pure(lambda x: x * 2, torch.ones(3))
     tensor([2., 2., 2.])
@@ -510,6 +603,23 @@ def _masked_output(y, y_lengths, in_lengths, time_dim, who):
     return torch.where(_valid_mask(y, ls, time_dim, who), y, torch.zeros((), dtype=y.dtype))
 
 
+def _first_run(fn, x, lengths, time_dim, who):
+    """``fn(x, lengths)`` after checking the batch: ``(output, y, y_lengths or None)``."""
+    _valid_mask(x, lengths, time_dim, who)
+    out = fn(x, lengths)
+    return (out, *_split_output(out, who))
+
+
+def _agrees(out, ref, ref_lengths, in_lengths, out_time_dim, tol, who, lengths_msg, values_msg):
+    """Assert that output ``out`` of a second run of ``fn`` has the reference's lengths and,
+    where valid, its values (``ref`` is the first run's masked output)."""
+    y, y_lengths = _split_output(out, who)
+    if ref_lengths is not None:
+        assert_trees_equal(y_lengths, ref_lengths, msg=f"{who}: {lengths_msg}")
+    got = _masked_output(y, y_lengths, in_lengths, out_time_dim, who)
+    assert_trees_allclose(got, ref, rtol=tol[0], atol=tol[1], msg=f"{who}: {values_msg}")
+
+
 def assert_padding_invariant(
     fn: Callable[[torch.Tensor, torch.Tensor], Any],
     x: torch.Tensor,
@@ -527,7 +637,27 @@ def assert_padding_invariant(
     the padding replaced by each of ``fills`` (see :func:`fill_padding`; add ``"nan"`` for a
     block that must survive NaN padding); ``y`` must agree at positions below ``y_lengths``
     (or below ``lengths`` when ``fn`` returns no lengths, in which case the output must keep
-    the input's time size), and ``y_lengths`` must agree exactly. Returns the first output.
+    the input's time size), and ``y_lengths`` must agree exactly.
+
+    Args:
+        fn: the block under test, ``fn(x, lengths) -> y`` or ``(y, y_lengths)``.
+        x: a padded batch, batch first.
+        lengths: its lengths ``(B,)``.
+        fills: the paddings to try (see :func:`fill_padding`).
+        time_dim: the time axis of ``x``.
+        out_time_dim: the time axis of ``y``.
+        rtol: relative tolerance of the comparison.
+        atol: absolute tolerance of the comparison.
+        seed: the first key's seed for ``"garbage"`` fills (one key per fill).
+
+    Returns:
+        ``fn``'s output on ``x``.
+
+    Raises:
+        AssertionError: a fill changed the valid outputs or the output lengths.
+        ValueError: ``fn`` changed the time size without returning lengths, or ``x`` and
+            ``lengths`` do not fit together.
+        TypeError: ``fn`` returned something other than ``y`` or ``(y, y_lengths)``.
 
     >>> from fctc.nn import normalize_tensor, lengths_to_mask
     >>> def norm(x, ls):
@@ -540,9 +670,7 @@ def assert_padding_invariant(
     AssertionError: ...
     """
     who = "assert_padding_invariant"
-    _valid_mask(x, lengths, time_dim, who)
-    out = fn(x, lengths)
-    y, y_lengths = _split_output(out, who)
+    out, y, y_lengths = _first_run(fn, x, lengths, time_dim, who)
     if y_lengths is None and y.shape[out_time_dim] != x.shape[time_dim]:
         raise ValueError(
             f"{who}: fn changed the time size ({x.shape[time_dim]} -> {y.shape[out_time_dim]}) "
@@ -551,18 +679,10 @@ def assert_padding_invariant(
     ref = _masked_output(y, y_lengths, lengths, out_time_dim, who)
     for i, fill in enumerate(fills):
         x2 = fill_padding(x, lengths, fill, key=_random.key(seed + i), time_dim=time_dim)
-        y2, y2_lengths = _split_output(fn(x2, lengths), who)
-        if y_lengths is not None:
-            assert_trees_equal(
-                y2_lengths, y_lengths, msg=f"{who}: output lengths changed with {fill!r} padding"
-            )
-        got = _masked_output(y2, y2_lengths, lengths, out_time_dim, who)
-        assert_trees_allclose(
-            got,
-            ref,
-            rtol=rtol,
-            atol=atol,
-            msg=f"{who}: the valid outputs changed when the padding was filled with {fill!r}",
+        _agrees(
+            fn(x2, lengths), ref, y_lengths, lengths, out_time_dim, (rtol, atol), who,
+            f"output lengths changed with {fill!r} padding",
+            f"the valid outputs changed when the padding was filled with {fill!r}",
         )
     return out
 
@@ -580,7 +700,24 @@ def assert_batch_independent(
 
     Catches blocks that mix examples (statistics over the batch in eval mode, a wrong
     reshape). ``fn`` is as in :func:`assert_padding_invariant`; each example is run as a
-    batch of one with the same time size. Returns the batched output.
+    batch of one with the same time size.
+
+    Args:
+        fn: the block under test, ``fn(x, lengths) -> y`` or ``(y, y_lengths)``.
+        x: a padded batch, batch first.
+        lengths: its lengths ``(B,)``.
+        time_dim: the time axis of ``x``.
+        out_time_dim: the time axis of ``y``.
+        rtol: relative tolerance of the comparison.
+        atol: absolute tolerance of the comparison.
+
+    Returns:
+        ``fn``'s output on the whole batch.
+
+    Raises:
+        AssertionError: an example alone gives other valid outputs or another length.
+        ValueError: ``x`` and ``lengths`` do not fit together.
+        TypeError: ``fn`` returned something other than ``y`` or ``(y, y_lengths)``.
 
     >>> x, ls = torch.randn(3, 2, 5), torch.tensor([5, 3, 1])
     >>> _ = assert_batch_independent(lambda x, ls: (x * 2, ls), x, ls)
@@ -590,22 +727,13 @@ def assert_batch_independent(
     AssertionError: ...
     """
     who = "assert_batch_independent"
-    _valid_mask(x, lengths, time_dim, who)
-    out = fn(x, lengths)
-    y, y_lengths = _split_output(out, who)
+    out, y, y_lengths = _first_run(fn, x, lengths, time_dim, who)
     full = _masked_output(y, y_lengths, lengths, out_time_dim, who)
     for b in range(x.shape[0]):
-        yb, yb_lengths = _split_output(fn(x[b : b + 1], lengths[b : b + 1]), who)
-        if y_lengths is not None:
-            assert_trees_equal(
-                yb_lengths, y_lengths[b : b + 1], msg=f"{who}: output length of example {b}"
-            )
-        got = _masked_output(yb, yb_lengths, lengths[b : b + 1], out_time_dim, who)
-        assert_trees_allclose(
-            got,
-            full[b : b + 1],
-            rtol=rtol,
-            atol=atol,
-            msg=f"{who}: example {b} alone gives a different output than inside the batch",
+        one = slice(b, b + 1)
+        _agrees(
+            fn(x[one], lengths[one]), full[one], None if y_lengths is None else y_lengths[one],
+            lengths[one], out_time_dim, (rtol, atol), who, f"output length of example {b}",
+            f"example {b} alone gives a different output than inside the batch",
         )
     return out

@@ -28,7 +28,14 @@ __all__ = ["Vocabulary", "SentencePieceTokenizer", "char_tokenizer"]
 
 
 def char_tokenizer(text: str) -> list[str]:
-    """Split text into characters: the tokenizer of character-level CTC models."""
+    """Split text into characters: the tokenizer of character-level CTC models.
+
+    Args:
+        text: the text.
+
+    Returns:
+        Its characters, spaces included.
+    """
     return list(text)
 
 
@@ -36,6 +43,12 @@ class SentencePieceTokenizer:
     """Tokenize text into sentencepiece pieces (needs the optional ``sentencepiece`` package).
 
     The package is imported when an instance is created, so fctc itself does not depend on it.
+
+    Args:
+        model_path: the sentencepiece ``.model`` file.
+
+    Raises:
+        ImportError: ``sentencepiece`` is not installed (the message says how to install it).
     """
 
     def __init__(self, model_path: str):
@@ -54,7 +67,11 @@ class SentencePieceTokenizer:
         return list(self._sp.encode(text, out_type=str))
 
     def pieces(self) -> list[str]:
-        """Every piece of the model, in the model's id order."""
+        """Every piece of the model, in the model's id order.
+
+        Returns:
+            The pieces as strings, specials (``<s>``, ``<unk>``, ...) included.
+        """
         return [self._sp.id_to_piece(i) for i in range(self._sp.get_piece_size())]
 
 
@@ -129,7 +146,17 @@ class Vocabulary:
         )
 
     def tokenize(self, text: str) -> list[str]:
-        """Split ``text`` into tokens and add the start/end tokens when the vocabulary has them."""
+        """Split ``text`` into tokens and add the start/end tokens when the vocabulary has them.
+
+        Args:
+            text: one utterance's text.
+
+        Returns:
+            Its tokens (not yet checked against the vocabulary).
+
+        Raises:
+            TypeError: ``text`` is not a str.
+        """
         if not isinstance(text, str):
             raise TypeError(f"Vocabulary: text must be a str, got {type(text).__name__}")
         toks = list(self.tokenizer(text))
@@ -144,6 +171,16 @@ class Vocabulary:
 
         Tokens outside the vocabulary become the unknown token when there is one; otherwise a
         ``ValueError`` names them.
+
+        Args:
+            text: one utterance's text.
+
+        Returns:
+            Its token indices.
+
+        Raises:
+            TypeError: ``text`` is not a str.
+            ValueError: tokens outside a vocabulary without an unknown token (named).
         """
         toks = self.tokenize(text)
         stoi = self.stoi
@@ -164,7 +201,20 @@ class Vocabulary:
     def encode_batch(
         self, texts: Sequence[str], device: torch.device | str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encode several utterances: ``(targets (B, L) padded with pad_idx, lengths (B,))``."""
+        """Encode several utterances into padded CTC targets.
+
+        Args:
+            texts: the utterances' texts.
+            device: where the tensors go.
+
+        Returns:
+            ``(targets, lengths)``: ``(B, L)`` indices padded with ``pad_idx`` and ``(B,)``
+            lengths, both ``int64``.
+
+        Raises:
+            TypeError: ``texts`` is a single str.
+            ValueError: ``texts`` is empty, or as :meth:`encode`.
+        """
         if isinstance(texts, str):
             raise TypeError("Vocabulary.encode_batch: texts must be a sequence of str, not a str")
         encoded = [self.encode(t) for t in texts]
@@ -221,6 +271,17 @@ class Vocabulary:
         ``predictions`` is either indices ``(B, T)`` or logits / probabilities ``(B, vocab, T)``
         as a model returns them (the argmax over the vocabulary is taken). Frames at or beyond
         ``lengths[b]`` are ignored.
+
+        Args:
+            predictions: indices ``(B, T)`` or scores ``(B, vocab, T)``.
+            lengths: valid frames per utterance ``(B,)``; all ``T`` by default.
+
+        Returns:
+            One str per utterance.
+
+        Raises:
+            TypeError: ``predictions`` is not a tensor, or holds non-integer indices.
+            ValueError: a wrong shape or vocabulary size, indices or lengths out of range.
         """
         if not isinstance(predictions, torch.Tensor):
             raise TypeError(
@@ -250,6 +311,17 @@ class Vocabulary:
         Positions at or beyond ``lengths[b]`` and the special tokens (blank, pad, start, end)
         are dropped, so ``decode_targets(*encode_batch(texts))`` gives ``texts`` back for
         character vocabularies (unknown characters come back as the unknown token).
+
+        Args:
+            targets: indices ``(B, L)``.
+            lengths: valid positions per row ``(B,)``; all ``L`` by default.
+
+        Returns:
+            One str per row.
+
+        Raises:
+            TypeError: ``targets`` is not a tensor, or holds non-integer indices.
+            ValueError: a wrong shape, indices or lengths out of range.
         """
         if not isinstance(targets, torch.Tensor):
             raise TypeError(
@@ -269,7 +341,12 @@ class Vocabulary:
     # -- serialisation -------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable description, for checkpoint metadata (see :meth:`from_dict`)."""
+        """A JSON-serialisable description, for checkpoint metadata (see :meth:`from_dict`).
+
+        Returns:
+            The tokens, special tokens, space tokens and tokenizer (``"char"``, a
+            sentencepiece model path, or None for a custom tokenizer, which cannot be stored).
+        """
         if self.tokenizer is char_tokenizer:
             tok: Any = "char"
         elif isinstance(self.tokenizer, SentencePieceTokenizer):
@@ -291,7 +368,18 @@ class Vocabulary:
     def from_dict(
         cls, d: dict[str, Any], tokenizer: Callable[[str], list[str]] | None = None
     ) -> Vocabulary:
-        """Rebuild a vocabulary from :meth:`to_dict`; a custom tokenizer must be passed again."""
+        """Rebuild a vocabulary from :meth:`to_dict`.
+
+        Args:
+            d: what :meth:`to_dict` returned.
+            tokenizer: the tokenizer, required when the vocabulary used a custom one.
+
+        Returns:
+            The vocabulary, with the same indices.
+
+        Raises:
+            ValueError: ``d`` records a custom tokenizer and none is given.
+        """
         tok = d.get("tokenizer", "char")
         if tokenizer is None:
             if isinstance(tok, dict) and "sentencepiece" in tok:
@@ -318,6 +406,13 @@ class Vocabulary:
 
         The pieces keep the model's order; its ``<s>``, ``</s>``, ``<pad>`` and ``<unk>``
         pieces are left out and the blank is appended last.
+
+        Args:
+            model_path: the sentencepiece ``.model`` file.
+            **kwargs: further :class:`Vocabulary` arguments (blank token, ...).
+
+        Returns:
+            The vocabulary, tokenizing with that model.
         """
         tokenizer = SentencePieceTokenizer(model_path)
         pieces = [p for p in tokenizer.pieces() if p not in _SENTENCEPIECE_SPECIALS]

@@ -7,12 +7,15 @@ from hypothesis import strategies as st
 from torch import nn
 
 import fctc
+import fctc.testing
 from fctc import audio as A
 from fctc.audio import (
+    augment_features,
     feature_lengths,
     filterbank,
     mel_filterbank,
     normalise,
+    random_warp,
     spec_augment,
 )
 
@@ -393,3 +396,39 @@ def test_empty_audio_is_a_clear_error_and_zero_lengths_are_fine():
         fb.apply(params, state, torch.zeros(2, 0), torch.tensor([0, 0]))
     (feats, lengths), _ = fb.apply(params, state, torch.randn(2, 1600), torch.tensor([0, 1600]))
     assert torch.isfinite(feats).all() and lengths.tolist() == [1, 11]
+
+
+def test_random_warp_stretches_time_and_warps_features():
+    x, lengths = torch.randn(3, 8, 20), torch.tensor([20, 11, 1])
+    x = fctc.testing.fill_padding(x, lengths, "zeros")
+    same, same_lengths = random_warp(fctc.random.key(0), x, lengths)
+    assert torch.equal(same_lengths, lengths)
+    torch.testing.assert_close(same, x[:, :, : int(lengths.max())])
+    y, y_lengths = fctc.testing.assert_pure(
+        random_warp, fctc.random.key(1), x, lengths, time_stretch=0.2, freq_warp=0.1
+    )
+    ratio = y_lengths.float() / lengths.float()
+    assert ((ratio > 0.75) & (ratio < 1.25)).all() and int(y_lengths[2]) == 1
+    assert y.shape == (3, 8, int(y_lengths.max()))
+    assert not y[~_valid(y_lengths, y.shape[-1])].any()
+    # The first and last valid frames are kept (up to the feature warp), so a 1-frame
+    # example stays itself in time.
+    z, _ = random_warp(fctc.random.key(1), x, lengths, time_stretch=0.2)
+    torch.testing.assert_close(z[:, :, 0], x[:, :, 0])
+    both, both_lengths = augment_features(fctc.random.key(2), x, lengths, {"time_stretch": 0.2},
+                                          {"time_masks": 1, "freq_masks": 1, "freq_width": 2})
+    assert both.shape[-1] == int(both_lengths.max())
+    assert torch.equal(augment_features(fctc.random.key(2), x, lengths, None, None)[0], x)
+
+
+def _valid(lengths: torch.Tensor, size: int) -> torch.Tensor:
+    mask = torch.arange(size)[None, :] < lengths[:, None]
+    return mask[:, None, :].expand(-1, 8, -1)
+
+
+def test_random_warp_validation():
+    x, lengths = torch.zeros(2, 8, 10), torch.tensor([10, 5])
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        random_warp(fctc.random.key(0), x, lengths, time_stretch=1.0)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        random_warp(fctc.random.key(0), x, lengths, freq_warp=-0.1)

@@ -28,19 +28,19 @@ from fctc.cli import build_parser, main
 from fctc.cli import logs as cli_logs
 from fctc.cli.checkpoints import load_checkpoint_model, resolve_checkpoint, save_checkpoint_dir
 from fctc.cli.config import REPLACED_WHOLE, ConfigError, default_config, load_config, merge_config
-from fctc.cli.features import FeatureCache, augment_features, cached_front_end, random_warp
 from fctc.cli.progress import Progress
 from fctc.cli.recipe import (
-    augmented_front_end,
     build_front_end,
     build_model,
     build_optimizer,
     build_vocabulary,
-    count_parameters,
     output_frames,
     total_updates,
 )
+from fctc.models import augmented_front_end, cached_front_end
 from fctc.cli.train import INTERRUPTED_EXIT, default_out_dir, resolve_device
+from fctc.lexicon import lexicon_words, read_lexicon
+from fctc.lm import KneserNeyLM
 
 TINY = {
     "data": {"limit": 12, "max_batch_seconds": 6.0},
@@ -167,6 +167,110 @@ def test_eval_prints_one_json_line_and_writes_per_utterance_results(straight_run
     assert capsys.readouterr().out.splitlines() == [p["prediction"] for p in per[:2]]
 
 
+# -- decoding: the run's lexicon and LM, the decoder flags, fctc lm --------------------------
+
+
+def _few(tmp_path: Path, n: int = 5) -> Path:
+    """A manifest of the first ``n`` bundled test utterances, with absolute audio paths."""
+    source = data.bundled_manifests()["test"]
+    rows = [json.loads(line) for line in source.read_text().splitlines()[:n]]
+    for r in rows:
+        r["audio_filepath"] = str(source.parent / r["audio_filepath"])
+    path = tmp_path / "few.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_train_writes_the_lexicon_and_lm_of_its_training_texts(straight_run):
+    out, _, _ = straight_run
+    texts = [u.text for u in data.read_manifest(data.bundled_manifests()["train"])[:12]]
+    assert list(read_lexicon(out / "lexicon.txt")) == lexicon_words(texts)
+    assert (out / "lm.arpa").read_text() == KneserNeyLM(texts, order=3).to_arpa()
+
+
+def _eval(out: Path, manifest: Path, results: Path, capsys, *flags: str):
+    rc = main(["eval", "--checkpoint", str(out), "--manifest", str(manifest), "--output",
+               str(results), "--device", "cpu", *flags])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    rows = [json.loads(x) for x in results.read_text().splitlines()]
+    return json.loads(captured.out.strip().splitlines()[-1]), rows, captured.err
+
+
+def test_eval_and_transcribe_decode_as_the_flags_say(straight_run, tmp_path, capsys):
+    out, _, _ = straight_run
+    manifest, results = _few(tmp_path), tmp_path / "results.jsonl"
+    result, rows, _ = _eval(out, manifest, results, capsys)  # the default: what the run carries
+    assert result["decoding"]["decoder"] == "beam"
+    assert result["decoding"]["lexicon"] == str(out / "lexicon.txt")
+    assert result["decoding"]["lm"] == str(out / "lm.arpa")
+    words = set(read_lexicon(out / "lexicon.txt"))
+    assert all(set(r["prediction"].split()) <= words for r in rows)
+    files = [r["audio_filepath"] for r in rows]
+    assert main(["transcribe", "--checkpoint", str(out), *files, "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.splitlines() == [r["prediction"] for r in rows]
+    # Greedy: the transcripts fctc train's own test pass wrote for the same files.
+    result, rows, _ = _eval(out, manifest, results, capsys, "--decoder", "greedy")
+    assert result["decoding"] == {"decoder": "greedy"}
+    train_rows = [json.loads(x) for x in (out / "test_predictions.jsonl").read_text().splitlines()]
+    by_file = {r["audio_filepath"]: r["prediction"] for r in train_rows}
+    assert all(by_file[r["audio_filepath"]] == r["prediction"] for r in rows)
+    flags = ["--decoder", "beam", "--beam-size", "8", "--lexicon", "none", "--lm", "none"]
+    result, rows, _ = _eval(out, manifest, results, capsys, *flags)
+    assert (result["decoding"]["beam_size"], result["decoding"]["lexicon"]) == (8, None)
+    assert main(["transcribe", "--checkpoint", str(out), *files, "--device", "cpu", *flags]) == 0
+    assert capsys.readouterr().out.splitlines() == [r["prediction"] for r in rows]
+    flags = ["--lm-weight", "0.5", "--word-score", "1.5", "--lexicon", str(out / "lexicon.txt")]
+    result, _, _ = _eval(out, manifest, results, capsys, *flags)
+    assert result["decoding"]["lm_weight"] == 0.5 and result["decoding"]["word_score"] == 1.5
+    assert result["decoding"]["lm"] == str(out / "lm.arpa")
+
+
+def test_beam_search_without_the_decode_extra(straight_run, tmp_path, capsys, monkeypatch):
+    out, _, _ = straight_run
+    manifest, results = _few(tmp_path, 2), tmp_path / "results.jsonl"
+    monkeypatch.setattr(fctc.inference, "beam_search_available", lambda: False)
+    for flags in (["--decoder", "beam"], ["--lm-weight", "2"]):
+        rc = main(["eval", "--checkpoint", str(out), "--manifest", str(manifest), *flags])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1
+        assert "pip install 'fctc[decode]'" in err
+    result, _, err = _eval(out, manifest, results, capsys)  # the default falls back to greedy
+    assert result["decoding"] == {"decoder": "greedy"}
+    assert "note: decoding greedily" in err
+
+
+def test_decoding_errors_are_one_line(straight_run, tmp_path, capsys):
+    out, _, _ = straight_run
+    audio = str(data.bundled_manifests()["test"].parent / "test" / "0000.flac")
+    cases = [
+        (["--lexicon", str(tmp_path / "missing.txt")], "missing.txt"),
+        (["--lexicon", "none", "--lm", str(out / "lm.arpa")], "needs a lexicon"),
+        (["--decoder", "greedy", "--beam-size", "3"], "only apply to beam"),
+    ]
+    for flags, named in cases:
+        assert main(["transcribe", "--checkpoint", str(out), audio, *flags]) == 2
+        err = capsys.readouterr().err
+        assert named in err and err.count("\n") == 1
+
+
+def test_lm_command_writes_arpa_and_lexicon(tmp_path, capsys):
+    manifest = data.bundled_manifests()["validation"]
+    arpa, lexicon = tmp_path / "lm.arpa", tmp_path / "lexicon.txt"
+    rc = main(["lm", "--manifest", str(manifest), "--order", "2", "--out", str(arpa),
+               "--lexicon", str(lexicon)])
+    assert rc == 0
+    texts = [u.text for u in data.read_manifest(manifest)]
+    assert arpa.read_text() == fctc.lm.build_arpa(texts, order=2)
+    assert list(read_lexicon(lexicon)) == lexicon_words(texts)
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["order"] == 2 and summary["texts"] == len(texts)
+    assert main(["lm", "--manifest", str(tmp_path / "no.jsonl"), "--out", str(arpa)]) == 2
+    assert "no.jsonl" in capsys.readouterr().err
+    assert main(["lm", "--manifest", str(manifest), "--order", "1", "--out", str(arpa)]) == 2
+    assert "order" in capsys.readouterr().err
+
+
 def _interrupt_at(monkeypatch, at_step: int) -> None:
     """Send this process a real SIGINT once the loop reports step ``at_step``."""
     original = Progress.update
@@ -290,6 +394,35 @@ def test_usage_errors(straight_run, tiny_config, tmp_path, capsys):
         build_parser().parse_args([])
 
 
+def test_corrupt_checkpoints_are_one_line_errors(straight_run, tmp_path, capsys):
+    """A flipped byte in model.safetensors stops transcribe; NaN weights stop --resume."""
+    import shutil
+
+    out, _, _ = straight_run
+    run = tmp_path / "copy"
+    shutil.copytree(out, run)
+    model_file = run / "best" / "model.safetensors"
+    good = model_file.read_bytes()
+    data = bytearray(good)
+    data[-5] ^= 0xFF  # inside the last tensor's bytes
+    model_file.write_bytes(bytes(data))
+    assert main(["transcribe", "--checkpoint", str(run / "best"), "x.flac"]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and str(model_file) in err and "checksum" in err
+    model_file.write_bytes(good)
+    state_file = run / "last" / "train_state.safetensors"
+    tree, meta = fctc.checkpoint.load(state_file)
+    name = next(n for n in fctc.checkpoint.leaf_names(tree) if n.startswith("params."))
+    leaf = tree
+    for part in name.split(".")[:-1]:
+        leaf = leaf[part]
+    leaf[name.split(".")[-1]] = torch.full_like(leaf[name.split(".")[-1]], math.nan)
+    fctc.checkpoint.save(state_file, tree, meta)
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(state_file) in err and repr(name) in err and "non-finite" in err, err
+
+
 def test_python_dash_m_runs_the_same_program():
     proc = subprocess.run([sys.executable, "-m", "fctc", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "train" in proc.stdout and "transcribe" in proc.stdout
@@ -305,7 +438,7 @@ def test_default_config_is_the_schema_and_builds():
     vocab = build_vocabulary(config, [])
     model = build_model(config["model"], vocab)
     params, _ = model.init(fctc.random.key(0))
-    assert 20_000 < count_parameters(params) < 1_000_000
+    assert 20_000 < fctc.tree.size(params) < 1_000_000
 
 
 def test_merge_config_merges_sections_and_replaces_kwargs_sections():
@@ -412,52 +545,6 @@ def test_front_end_variants_agree_in_evaluation():
     assert c is x and cl is xl
     (c, _), _ = cached.apply({}, state, x, xl, train=True, key=fctc.random.key(1))
     assert c.shape == x.shape and (c == 0).sum() > (x == 0).sum()
-
-
-def test_random_warp_stretches_time_and_warps_features():
-    x, lengths = torch.randn(3, 8, 20), torch.tensor([20, 11, 1])
-    x = fctc.testing.fill_padding(x, lengths, "zeros")
-    same, same_lengths = random_warp(fctc.random.key(0), x, lengths)
-    assert torch.equal(same_lengths, lengths)
-    torch.testing.assert_close(same, x[:, :, : int(lengths.max())])
-    y, y_lengths = fctc.testing.assert_pure(
-        random_warp, fctc.random.key(1), x, lengths, time_stretch=0.2, freq_warp=0.1
-    )
-    ratio = y_lengths.float() / lengths.float()
-    assert ((ratio > 0.75) & (ratio < 1.25)).all() and int(y_lengths[2]) == 1
-    assert y.shape == (3, 8, int(y_lengths.max()))
-    assert not y[~_valid(y_lengths, y.shape[-1])].any()
-    # The first and last valid frames are kept (up to the feature warp), so a 1-frame
-    # example stays itself in time.
-    z, _ = random_warp(fctc.random.key(1), x, lengths, time_stretch=0.2)
-    torch.testing.assert_close(z[:, :, 0], x[:, :, 0])
-    both, both_lengths = augment_features(fctc.random.key(2), x, lengths, {"time_stretch": 0.2},
-                                          {"time_masks": 1, "freq_masks": 1, "freq_width": 2})
-    assert both.shape[-1] == int(both_lengths.max())
-    assert torch.equal(augment_features(fctc.random.key(2), x, lengths, None, None)[0], x)
-
-
-def _valid(lengths: torch.Tensor, size: int) -> torch.Tensor:
-    mask = torch.arange(size)[None, :] < lengths[:, None]
-    return mask[:, None, :].expand(-1, 8, -1)
-
-
-def test_feature_cache_batches_hold_each_utterance_features():
-    config = default_config()
-    vocab = build_vocabulary(config, [])
-    ds = data.SpeechDataset(data.read_manifest(data.bundled_manifests()["validation"])[:3], vocab)
-    front = build_front_end({"front_end": {"nfilt": 16}})
-    _, state = front.init(None)
-    cache = FeatureCache(ds, front, state)
-    batches = list(cache.iterate([[0, 2], [1]], start=1))
-    assert [pos for _, pos in batches] == [2]
-    batch = cache.batch([0, 2])
-    for row, i in enumerate([0, 2]):
-        audio, target = ds[i]
-        (x, xl), _ = front.apply({}, state, audio[None], torch.tensor([audio.shape[0]]))
-        assert int(batch.audio_lengths[row]) == int(xl[0])
-        assert torch.equal(batch.audio[row, :, : int(xl[0])], x[0, :, : int(xl[0])])
-        assert torch.equal(batch.targets[row, : len(target)], target)
 
 
 def test_metrics_log_plot_and_history(tmp_path):

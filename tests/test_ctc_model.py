@@ -9,7 +9,7 @@ from fctc import tree
 from fctc.adapter import FunctionalModule
 from fctc.audio import filterbank
 from fctc.models.citrinet import citrinet_config
-from fctc.models.ctc import citrinet_ctc, ctc_model, quartznet_ctc
+from fctc.models import citrinet_ctc, ctc_model, quartznet_ctc
 from fctc.models.quartznet import quartznet_config, quartznet_encoder
 from fctc.nn.decoders import conv1d_decoder
 from fctc.text import Vocabulary

@@ -14,10 +14,14 @@ import pytest
 import soundfile as sf
 import torch
 
+from fctc.audio import filterbank
 from fctc.data import (
     SKIP_REASONS,
     AudioError,
+    Batch,
     DataError,
+    FeatureCache,
+    Loader,
     ManifestError,
     Skipped,
     SpeechDataset,
@@ -30,8 +34,8 @@ from fctc.data import (
     output_frames_fn,
     read_manifest,
 )
+from fctc.data import bundled_manifests
 from fctc.text import Vocabulary
-from fctc.train import Batch
 
 VOCAB = Vocabulary(list(" abcdefghijklmnopqrstuvwxyz"))
 
@@ -404,17 +408,16 @@ def test_loader_workers_and_exact_resume(corpus):
     assert not multiprocessing.active_children()
 
 
-def test_loader_persistent_workers_new_epoch(corpus):
+def test_loader_persistent_workers_serve_repeated_passes(corpus):
     ds, _ = corpus
-    loader = make_loader(ds, bucket_batches(ds.durations, batch_size=5, epoch=0), num_workers=2,
-                         persistent_workers=True, pad_to_multiple=160)  # fmt: skip
+    plan = bucket_batches(ds.durations, batch_size=5, epoch=0)
+    loader = make_loader(ds, plan, num_workers=2, persistent_workers=True, pad_to_multiple=160)
     first = _as_lists(loader)
-    plan1 = bucket_batches(ds.durations, batch_size=5, epoch=1)
-    loader.set_batches(plan1, start_batch=1)
+    assert multiprocessing.active_children()  # persistent workers stay between passes
     second = _as_lists(loader)
-    assert second == _as_lists(make_loader(ds, plan1, pad_to_multiple=160))[1:]
-    assert first != second and all(len(b[0][0]) % 160 == 0 for b in second)
-    assert multiprocessing.active_children()  # persistent workers stay between epochs
+    assert second == first == _as_lists(make_loader(ds, plan, pad_to_multiple=160))
+    assert all(len(b[0][0]) % 160 == 0 for b in second)
+    assert multiprocessing.active_children()
     loader.close()
     assert not multiprocessing.active_children()
 
@@ -453,3 +456,59 @@ def test_make_loader_argument_errors(corpus):
 def test_utterance_where_without_manifest():
     u = Utterance(Path("/x/a.flac"), 1.0, "go")
     assert u.where == "/x/a.flac"
+
+
+def test_collate_pads_features_along_time():
+    feats = [torch.randn(3, 5), torch.randn(3, 2)]
+    targets = [torch.tensor([1, 2]), torch.tensor([3])]
+    batch = collate(list(zip(feats, targets)), pad_idx=0, pad_to_multiple=4)
+    assert batch.audio.shape == (2, 3, 8) and batch.audio.dtype == torch.float32
+    assert batch.audio_lengths.tolist() == [5, 2] and batch.target_lengths.tolist() == [2, 1]
+    assert torch.equal(batch.audio[0, :, :5], feats[0]) and torch.equal(batch.audio[1, :, :2], feats[1])
+    assert not batch.audio[0, :, 5:].any() and not batch.audio[1, :, 2:].any()
+    assert batch.targets.tolist() == [[1, 2], [3, 0]]
+    with pytest.raises(ValueError, match=r"same shape but for its last.*\(4, 2\)"):
+        collate([(torch.zeros(3, 2), targets[0]), (torch.zeros(4, 2), targets[1])], pad_idx=0)
+
+
+def test_feature_cache_batches_hold_each_utterance_features():
+    ds = SpeechDataset(read_manifest(bundled_manifests()["validation"])[:3], VOCAB)
+    front = filterbank(nfilt=16)
+    _, state = front.init(None)
+    cache = FeatureCache(ds, front, state)
+    batches = list(cache.iterate([[0, 2], [1]], start=1))
+    assert [pos for _, pos in batches] == [2]
+    batch = cache.batch([0, 2])
+    for row, i in enumerate([0, 2]):
+        audio, target = ds[i]
+        (x, xl), _ = front.apply({}, state, audio[None], torch.tensor([audio.shape[0]]))
+        assert int(batch.audio_lengths[row]) == int(xl[0])
+        assert torch.equal(batch.audio[row, :, : int(xl[0])], x[0, :, : int(xl[0])])
+        assert torch.equal(batch.targets[row, : len(target)], target)
+    # One collation: the cache's batch is data.collate of the cached features.
+    same = collate([(cache.features[i], ds.targets[i]) for i in (0, 2)], VOCAB.pad_idx)
+    assert all(torch.equal(a, b) for a, b in zip(batch, same))
+
+
+def test_feature_cache_leaves_out_utterances_that_fail_to_load(corpus):
+    ds, root = corpus
+    os.unlink(root / "audio" / "1.flac")
+    front = filterbank(nfilt=16)
+    _, state = front.init(None)
+    with pytest.warns(UserWarning, match="m.jsonl:2"):
+        cache = FeatureCache(ds, front, state)
+    assert cache.features[1] is None and dict(ds.skipped) == {"missing_audio": 1}
+    assert cache.batch([1]) is None
+    assert cache.batch([0, 1]).audio.shape[0] == 1
+    assert [pos for _, pos in cache.iterate([[1], [0, 2]])] == [2]
+
+
+def test_batch_lives_in_data_and_train_reexports_it():
+    import fctc.train
+
+    assert fctc.train.Batch is Batch and Batch.__module__ == "fctc.data.batch"
+
+
+def test_make_loader_is_the_loader_class(corpus):
+    ds, _ = corpus
+    assert make_loader is Loader and isinstance(make_loader(ds, [[0]]), Loader)

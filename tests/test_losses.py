@@ -160,3 +160,54 @@ def test_compiled_matches_eager():
     compiled = backend.jit(step)(logits, lengths, targets, target_lengths)
     torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(compiled[1], eager[1], rtol=1e-5, atol=1e-5)
+
+
+def _eager_grad(logits, cotangent, *args, reduction):
+    """The gradient of ``sum(cotangent * loss)`` by plain autograd (``loss.backward``)."""
+    x = logits.clone().requires_grad_(True)
+    loss = ctc_loss(x, *args, blank=4, reduction=reduction)
+    (loss * cotangent).sum().backward()
+    return loss.detach(), x.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gradient_is_exactly_the_kernels_gradient(dtype):
+    """Bit for bit what F.ctc_loss's own backward gives, whatever the upstream gradient."""
+    logits, lengths, targets, target_lengths = batch(3, b=4, t=14, dtype=dtype)
+    w = torch.randn(4, dtype=dtype)
+    value, grad = _eager_grad(logits, w, lengths, targets, target_lengths, reduction="none")
+    x = logits.clone().requires_grad_(True)
+    ref = reference(x, lengths, targets, target_lengths, 4, "none")
+    (ref * w).sum().backward()
+    torch.testing.assert_close(value, ref.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(grad, x.grad, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reduction", ["thunder", "espnet", "none"])
+def test_torch_func_grad_and_vjp_equal_the_eager_gradient(reduction):
+    """functorch transforms (what compiled steps and backend.value_and_grad use under a
+    transform) give the eager gradient exactly, an infeasible utterance included."""
+    logits, lengths, targets, target_lengths = batch(4, b=3, dtype=torch.float64)
+    lengths = lengths.clone()
+    lengths[1] = 1  # infeasible: zero loss, zero gradient
+    args = (lengths, targets, target_lengths)
+    ones = torch.ones(()) if reduction != "none" else torch.ones(3, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        value, grad = _eager_grad(logits, ones, *args, reduction=reduction)
+    fn = lambda x: ctc_loss(x, *args, blank=4, reduction=reduction)  # noqa: E731
+    if reduction != "none":
+        torch.testing.assert_close(torch.func.grad(fn)(logits), grad, rtol=0, atol=0)
+        g, v = torch.func.grad_and_value(fn)(logits)
+        torch.testing.assert_close((g, v), (grad, value), rtol=0, atol=0)
+    cotangent = torch.linspace(0.5, 2.0, 3, dtype=torch.float64)
+    if reduction != "none":
+        cotangent = cotangent[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        _, expected = _eager_grad(logits, cotangent, *args, reduction=reduction)
+    out, vjp_fn = torch.func.vjp(fn, logits)
+    (got,) = vjp_fn(cotangent)
+    torch.testing.assert_close(out, value, rtol=0, atol=0)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert torch.all(got[1] == 0)

@@ -15,12 +15,17 @@ import yaml
 import fctc
 from fctc import tree
 from fctc.adapter import FunctionalModule
-from fctc.models.ctc import citrinet_ctc, quartznet_ctc
+from fctc.models import citrinet_ctc, quartznet_ctc
 from fctc.nemo import (
+    COMPATIBILITY,
+    detect_architecture,
     fix_vocab,
     front_end_config,
     load_nemo,
+    map_weights,
     nemo_key_to_fctc,
+    nemo_vocabulary,
+    parse_model,
     read_nemo_archive,
 )
 
@@ -385,3 +390,75 @@ def test_unsupported_block_settings_are_named(tmp_path, quartznet_archive):
     cfg["preprocessor"]["features"] = "${model.nowhere}"
     with pytest.raises(ValueError, match="names an entry that does not exist"):
         load_nemo(_write(tmp_path / "interp.nemo", cfg, {}))
+
+
+# -- the three steps of load_nemo, one at a time --------------------------------------------
+
+
+def test_parse_model_reads_each_architecture_through_its_compatibility_piece():
+    assert sorted(COMPATIBILITY) == ["citrinet", "quartznet"]
+    assert detect_architecture(quartznet_jasper()) == "quartznet"
+    assert detect_architecture(citrinet_jasper()) == "citrinet"
+    with pytest.raises(ValueError, match="match neither"):
+        detect_architecture([_block(8, 3, separable=False)] * 3)
+    spec = parse_model(quartznet_config(), dropout=0.2)
+    assert spec.architecture is COMPATIBILITY["quartznet"]
+    assert spec.front_end["nfilt"] == 16 and spec.encoder["dropout"] == 0.2
+    assert spec.encoder["final_filters"] == (24, 32) and spec.encoder["stem_kernel"] == 7
+    old = parse_model(quartznet_config(old_format=True))
+    assert old.encoder == parse_model(quartznet_config()).encoder
+    cit = parse_model(citrinet_config(), architecture="citrinet")
+    assert cit.encoder["strides"] == [2, 1] and cit.encoder["final_filters"] == 32
+    # the builder the architecture names holds exactly what the config describes
+    arch = cit.architecture.architecture
+    assert arch.decoder_width(cit.encoder) == 32 and arch.output_stride(cit.encoder) == 2
+    with pytest.raises(ValueError, match="encoder.feat_in=16 differs"):
+        parse_model({**quartznet_config(), "preprocessor": _preprocessor(8)})
+
+
+def test_nemo_vocabulary_of_characters_and_subwords(tmp_path):
+    assert nemo_vocabulary(quartznet_config(), None).itos == LABELS + ["<blank>"]
+    sub = nemo_vocabulary(citrinet_config(), b"bytes")
+    assert sub.itos[:3] == ["\u2581<unk>", "\u2581the", "ing"]
+    with pytest.raises(ValueError, match="tokenizer_dir"):
+        sub.encode("the")
+    with pytest.raises(ValueError, match="no vocabulary"):
+        nemo_vocabulary({**quartznet_config(), "labels": []}, None)
+    with pytest.raises(ValueError, match="no 'decoder' section"):
+        nemo_vocabulary({"labels": LABELS}, None)
+
+
+def test_map_weights_fills_the_model_or_lists_what_does_not_fit(quartznet_archive):
+    _, weights = quartznet_archive
+    model = _reference_quartznet()
+    params, state = model.init(fctc.random.key(9))
+    p, s = map_weights(weights, params, state, source="x.nemo", architecture="quartznet",
+                       num_classes=len(LABELS) + 1)
+    flat = tree.flatten_dict(p) | tree.flatten_dict(s)
+    for nemo_key, our_key in _pairs(quartznet_jasper()):
+        assert torch.equal(flat[our_key], weights[nemo_key])
+    assert torch.equal(p["encoder"]["0"]["mconv"]["0"]["conv"]["weight"],
+                       weights["encoder.encoder.0.mconv.0.conv.weight"])
+    assert torch.equal(params["encoder"]["0"]["mconv"]["0"]["conv"]["weight"],
+                       model.init(fctc.random.key(9))[0]["encoder"]["0"]["mconv"]["0"]["conv"]["weight"])
+    short = {k: v for k, v in weights.items() if k != "decoder.decoder_layers.0.bias"}
+    with pytest.raises(ValueError, match=r"'x.nemo' do not match the quartznet.*\n.*missing \(1\)"):
+        map_weights(short, params, state, source="x.nemo", architecture="quartznet",
+                    num_classes=len(LABELS) + 1)
+
+
+def test_compatibility_block_checks():
+    from fctc.nemo.compatibility import block_kernels, check_block, check_block_count, first_int
+
+    assert first_int([11], "k") == 11 and first_int(3, "k") == 3
+    with pytest.raises(ValueError, match=r"jasper\[0\].kernel must be an int"):
+        first_int([3, 5], "encoder.jasper[0].kernel")
+    assert block_kernels(quartznet_jasper()[1:3], 1) == [5, 7]
+    check_block(_block(8, 3, stride=2), 0, "QuartzNet", stride=2, separable=True)
+    with pytest.raises(ValueError, match=r"jasper\[4\] has residual=False.*needs residual=True"):
+        check_block(_block(8, 3, residual=False), 4, "QuartzNet", residual=True)
+    with pytest.raises(ValueError, match="a QuartzNet config has x; encoder.jasper has only 2 blocks"):
+        check_block_count([{}, {}], 3, "QuartzNet", "x")
+    with pytest.raises(ValueError, match="has only 2 blocks"):
+        parse_model({**quartznet_config(), "encoder": {"jasper": quartznet_jasper()[:2]}},
+                    architecture="quartznet")

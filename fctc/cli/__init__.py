@@ -1,4 +1,4 @@
-"""The ``fctc`` command line: ``fctc train``, ``fctc eval`` and ``fctc transcribe``.
+"""The ``fctc`` command line: ``fctc train``, ``fctc eval``, ``fctc transcribe`` and ``fctc lm``.
 
 ``fctc train`` with no arguments trains the default small model (``fctc/configs/default.yaml``)
 on the corpus bundled with fctc and writes everything into ``./runs/<timestamp>``:
@@ -28,11 +28,17 @@ def _log(message: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``fctc`` program (one sub-command per task)."""
+    """The argument parser of the ``fctc`` program.
+
+    Returns:
+        The parser, with one sub-command per task.
+    """
+    from .decoding import add_decoder_flags, add_lm_parser
+
     parser = argparse.ArgumentParser(
         prog="fctc", description="Train and use CTC speech recognition models with fctc."
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,transcribe}", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,transcribe,lm}", required=True)
 
     t = sub.add_parser(
         "train", help="train a model (the default recipe on the bundled corpus with no arguments)",
@@ -60,12 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-seconds", type=float, default=64.0, metavar="S",
                    help="audio seconds per batch (default 64)")
     e.add_argument("--device", default="auto", metavar="{cpu,cuda,auto}")
+    add_decoder_flags(e)
 
     r = sub.add_parser("transcribe", help="print one transcript per audio file")
     r.add_argument("--checkpoint", required=True, metavar="DIR",
                    help="a checkpoint folder, or a run folder (its best/ checkpoint)")
     r.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files (wav, flac, ...)")
     r.add_argument("--device", default="auto", metavar="{cpu,cuda,auto}")
+    add_decoder_flags(r)
+    add_lm_parser(sub)
     return parser
 
 
@@ -118,31 +127,55 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from ..inference import load
+    from .decoding import build_decoder
     from .evaluate import evaluate_manifest
     from .train import resolve_device
 
     if not Path(args.manifest).is_file():
         raise FileNotFoundError(f"manifest {args.manifest} does not exist")
-    result = evaluate_manifest(args.checkpoint, args.manifest, resolve_device(args.device),
-                               output=args.output, max_batch_seconds=args.batch_seconds)
+    recognizer = load(args.checkpoint, resolve_device(args.device))
+    decoder = build_decoder(recognizer, args, _log)
+    result = evaluate_manifest(recognizer, args.manifest, output=args.output,
+                               max_batch_seconds=args.batch_seconds, decoder=decoder)
     print(json.dumps(result), flush=True)
     return 0
 
 
 def _transcribe(args: argparse.Namespace) -> int:
+    from ..inference import load
+    from .decoding import build_decoder
     from .evaluate import transcribe_files
     from .train import resolve_device
 
-    for text in transcribe_files(args.checkpoint, args.audio, resolve_device(args.device)):
+    recognizer = load(args.checkpoint, resolve_device(args.device))
+    decoder = build_decoder(recognizer, args, _log)
+    for text in transcribe_files(recognizer, args.audio, decoder):
         print(text, flush=True)
     return 0
 
 
+def _lm(args: argparse.Namespace) -> int:
+    from .decoding import run_lm
+
+    result = run_lm(args)
+    _log(f"wrote {result['out']} ({result['order']}-gram interpolated Kneser-Ney LM of "
+         f"{result['texts']} transcripts, {result['words']} words)")
+    print(json.dumps(result), flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``fctc`` program with ``argv`` (default: ``sys.argv[1:]``); returns the exit
-    status (0 done, 2 a usage or input error, 130 stopped by Ctrl-C after saving)."""
+    """Run the ``fctc`` program.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 done, 2 a usage or input error, 130 stopped by Ctrl-C after saving.
+    """
     args = build_parser().parse_args(argv)
-    commands = {"train": _train, "eval": _eval, "transcribe": _transcribe}
+    commands = {"train": _train, "eval": _eval, "transcribe": _transcribe, "lm": _lm}
     try:
         return commands[args.command](args)
     except (ConfigError, FileNotFoundError, _ckpt.CheckpointError) as e:

@@ -43,11 +43,15 @@ TRAIN_STATE_FILE = "train_state.safetensors"
 
 
 class LoadedModel(NamedTuple):
-    """A model rebuilt from a checkpoint folder, ready for :func:`fctc.train.predict`."""
+    """A model rebuilt from a checkpoint folder, ready for :func:`fctc.train.predict`.
+
+    ``params`` and ``state`` are the model's parameters and buffers (running statistics), as
+    ``model.init`` returns them and as :class:`fctc.nemo.NemoCheckpoint` names them.
+    """
 
     model: Model
     params: Any
-    model_state: Any
+    state: Any
     vocabulary: Vocabulary
     config: dict[str, Any]
     metadata: dict[str, Any]
@@ -61,7 +65,19 @@ def save_checkpoint_dir(
     train_state: Any = None,
     train_metadata: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint folder at ``path`` (replacing any previous one as a whole)."""
+    """Write a checkpoint folder at ``path`` (replacing any previous one as a whole).
+
+    Args:
+        path: the folder (``runs/x/best``, ``runs/x/last``).
+        params: the model's parameters.
+        model_state: the model's buffers.
+        model_metadata: JSON metadata of ``model.safetensors`` (config, vocabulary, ...).
+        train_state: the whole train state, for a resumable checkpoint; None: the model only.
+        train_metadata: JSON metadata of ``train_state.safetensors``.
+
+    Returns:
+        The folder written.
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     old = path.with_name(path.name + ".old")
@@ -88,7 +104,19 @@ def _complete(folder: Path) -> bool:
 def resolve_checkpoint(path: str | os.PathLike, need_train_state: bool = False) -> Path:
     """The checkpoint folder meant by ``path``: the folder itself, or in a run folder ``best/``
     (for evaluation) or ``last/`` (for resuming, or when there is no best). A folder whose save
-    was interrupted is found under its ``.old`` name."""
+    was interrupted is found under its ``.old`` name.
+
+    Args:
+        path: a checkpoint folder or a run folder.
+        need_train_state: look for a resumable checkpoint (with ``train_state.safetensors``).
+
+    Returns:
+        The checkpoint folder.
+
+    Raises:
+        FileNotFoundError: nothing there, or no (resumable) checkpoint in it.
+        ValueError: ``path`` is a file.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -111,7 +139,19 @@ def resolve_checkpoint(path: str | os.PathLike, need_train_state: bool = False) 
 def load_checkpoint_model(
     path: str | os.PathLike, device: torch.device | str = "cpu"
 ) -> LoadedModel:
-    """Rebuild the model saved in a checkpoint folder (or run folder) and load its weights."""
+    """Rebuild the model saved in a checkpoint folder (or run folder) and load its weights.
+
+    Args:
+        path: a checkpoint folder or run folder (its ``best/``).
+        device: where to put the tensors.
+
+    Returns:
+        A :class:`LoadedModel`.
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        fctc.checkpoint.CheckpointError: the file was not written by ``fctc train``.
+    """
     folder = resolve_checkpoint(path)
     file = folder / MODEL_FILE
     meta = _ckpt.read_metadata(file)["metadata"]
@@ -124,5 +164,5 @@ def load_checkpoint_model(
     vocabulary = Vocabulary.from_dict(meta["vocabulary"])
     model = build_model(config["model"], vocabulary)
     template = model.init(_random.key(0))
-    params, model_state, meta = _ckpt.load_model(file, template, device=device)
-    return LoadedModel(model, params, model_state, vocabulary, config, meta)
+    params, state, meta = _ckpt.load_model(file, template, device=device)
+    return LoadedModel(model, params, state, vocabulary, config, meta)

@@ -38,7 +38,11 @@ class ConfigError(ValueError):
 
 
 def default_config() -> dict[str, Any]:
-    """The default recipe, read from the packaged ``fctc/configs/default.yaml`` (a fresh copy)."""
+    """The default recipe, read from the packaged ``fctc/configs/default.yaml``.
+
+    Returns:
+        A fresh nested dict (the caller may modify it).
+    """
     text = resources.files("fctc").joinpath("configs/default.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
 
@@ -49,6 +53,18 @@ def merge_config(base: dict[str, Any], override: dict[str, Any], where: str = ""
     Nested sections merge key by key, except those in :data:`REPLACED_WHOLE`, which the
     override replaces. A section may be set to ``null`` only where the default is ``null`` or
     the section is replaced whole (``model.spec_augment: null`` turns SpecAugment off).
+
+    Args:
+        base: the configuration merged into (its keys are the allowed ones).
+        override: the user's values.
+        where: the dotted path of these sections, for messages and :data:`REPLACED_WHOLE`.
+
+    Returns:
+        A new merged configuration.
+
+    Raises:
+        ConfigError: an unknown key (named, with the keys allowed there), a section that is
+            not a mapping, or a non-mapping value for a section replaced whole.
     """
     if not isinstance(override, dict):
         raise ConfigError(
@@ -78,7 +94,18 @@ def merge_config(base: dict[str, Any], override: dict[str, Any], where: str = ""
 
 
 def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The default recipe, with the YAML file at ``path`` (if any) merged over it."""
+    """The default recipe, with the YAML file at ``path`` (if any) merged over it.
+
+    Args:
+        path: a YAML file of overrides, or None for the defaults alone.
+
+    Returns:
+        The merged configuration.
+
+    Raises:
+        ConfigError: the file is missing or not valid YAML, or a key in it is unknown (the
+            message starts with the file's path).
+    """
     config = default_config()
     if path is None:
         return config
@@ -98,5 +125,10 @@ def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
 
 
 def dump_config(config: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``config`` as YAML (keys in the default file's order)."""
+    """Write ``config`` as YAML (keys in the default file's order).
+
+    Args:
+        config: the configuration.
+        path: the file to write (replaced if it exists).
+    """
     Path(path).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")

@@ -12,8 +12,8 @@ import torch
 from .. import data as _data
 from .. import tree as _tree
 from ..metrics import ErrorCounts, error_counts
-from ..train import make_eval_step, predict
-from .checkpoints import load_checkpoint_model
+from ..inference import Recognizer, load
+from ..train import make_eval_step
 
 __all__ = ["evaluate_dataset", "evaluate_manifest", "transcribe_files"]
 
@@ -31,10 +31,22 @@ def evaluate_dataset(
 ) -> dict[str, Any]:
     """Corpus-level loss, CER and WER of a model over a :class:`fctc.data.SpeechDataset`.
 
-    Batches follow the manifest order (bucketed by duration, no shuffling). With ``output``,
-    one JSON line per utterance (file, reference, prediction, its own CER and WER) is written
-    there. Returns ``{"cer", "wer", "loss", "n", "skipped", "char_edits", "chars",
-    "word_edits", "words"}``; ``loss`` is the mean per-utterance CTC loss.
+    Batches follow the manifest order (bucketed by duration, no shuffling).
+
+    Args:
+        eval_step: :func:`fctc.train.make_eval_step`'s step (its decoder decodes).
+        params: the model's parameters.
+        model_state: the model's buffers.
+        dataset: the utterances.
+        device: where the model runs.
+        batch_size: utterances per batch, or
+        max_batch_seconds: audio seconds per batch.
+        output: write one JSON line per utterance (file, reference, prediction, its own CER
+            and WER) here.
+
+    Returns:
+        ``{"cer", "wer", "loss", "n", "skipped", "char_edits", "chars", "word_edits",
+        "words"}``; ``loss`` is the mean per-utterance CTC loss.
     """
     batches = _data.bucket_batches(
         dataset.durations, batch_size=batch_size, max_batch_seconds=max_batch_seconds,
@@ -82,41 +94,61 @@ def evaluate_dataset(
 
 
 def evaluate_manifest(
-    checkpoint: str | os.PathLike,
+    recognizer: Recognizer | str | os.PathLike,
     manifest: str | os.PathLike,
-    device: torch.device,
     *,
     output: str | os.PathLike | None = None,
     max_batch_seconds: float | None = 64.0,
     batch_size: int | None = None,
+    decoder: Any = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint folder on a NeMo manifest: CER, WER, loss and counts."""
-    loaded = load_checkpoint_model(checkpoint, device)
-    utterances = _data.read_manifest(manifest)
+    """Evaluate a model on a NeMo manifest: CER, WER, loss and counts, and how it decoded.
+
+    Args:
+        recognizer: a loaded checkpoint (:func:`fctc.inference.load`), or a checkpoint or run
+            folder to load on the CPU.
+        manifest: the NeMo JSONL manifest.
+        output: write one JSON line per utterance here.
+        max_batch_seconds: audio seconds per batch (unless ``batch_size``).
+        batch_size: utterances per batch.
+        decoder: a decoder (:mod:`fctc.decode`); None: the checkpoint's default.
+
+    Returns:
+        ``{"manifest", "decoding", "cer", "wer", "loss", "n", ...}`` (see :func:`evaluate_dataset`).
+    """
+    if not isinstance(recognizer, Recognizer):
+        recognizer = load(recognizer)
+    decoder = decoder if decoder is not None else recognizer.decoder()
     dataset = _data.SpeechDataset(
-        utterances, loaded.vocabulary, sample_rate=int(loaded.metadata.get("sample_rate", 16000)),
-        on_error="skip",
+        _data.read_manifest(manifest), recognizer.vocabulary,
+        sample_rate=recognizer.sample_rate, on_error="skip",
     )
-    eval_step = make_eval_step(loaded.model, loaded.vocabulary)
+    eval_step = make_eval_step(recognizer.model, recognizer.vocabulary, decode=decoder)
     result = evaluate_dataset(
-        eval_step, loaded.params, loaded.model_state, dataset, device,
+        eval_step, recognizer.params, recognizer.state, dataset, recognizer.device,
         batch_size=batch_size, max_batch_seconds=None if batch_size else max_batch_seconds,
         output=output,
     )
-    return {"manifest": str(manifest), **result}
+    return {"manifest": str(manifest), "decoding": decoder.options(), **result}
 
 
 def transcribe_files(
-    checkpoint: str | os.PathLike, files: list[str | os.PathLike], device: torch.device
+    recognizer: Recognizer, files: list[str | os.PathLike], decoder: Any = None
 ) -> list[str]:
-    """Greedy transcripts of audio files, one per file, with a checkpoint folder's model."""
-    loaded = load_checkpoint_model(checkpoint, device)
-    sample_rate = int(loaded.metadata.get("sample_rate", 16000))
-    out = []
+    """Transcripts of audio files, one per file.
+
+    Args:
+        recognizer: a loaded checkpoint (:func:`fctc.inference.load`).
+        files: the audio files.
+        decoder: a decoder (:mod:`fctc.decode`); None: the checkpoint's default.
+
+    Returns:
+        One transcript per file, in order.
+
+    Raises:
+        FileNotFoundError: a file does not exist.
+    """
     for f in files:
         if not Path(f).is_file():
             raise FileNotFoundError(f"audio file {f} does not exist")
-        audio = _data.load_audio(f, sample_rate=sample_rate)
-        audio = torch.as_tensor(audio, dtype=torch.float32).to(device)
-        out.extend(predict(loaded.model, loaded.params, loaded.model_state, loaded.vocabulary, audio))
-    return out
+    return recognizer.transcribe(list(files), decoder=decoder)

@@ -24,7 +24,11 @@ COLUMNS = (
 
 
 def tensorboard_available() -> bool:
-    """True when ``torch.utils.tensorboard`` and the ``tensorboard`` package import."""
+    """Whether TensorBoard events can be written (the optional ``tensorboard`` extra).
+
+    Returns:
+        True when ``torch.utils.tensorboard`` and the ``tensorboard`` package import.
+    """
     try:
         from torch.utils.tensorboard import SummaryWriter  # noqa: F401
     except Exception:
@@ -67,7 +71,14 @@ class MetricsLog:
         return out
 
     def append(self, row: dict[str, Any]) -> None:
-        """Record one row (keys from :data:`COLUMNS`) in the history, the CSV and TensorBoard."""
+        """Record one row in the history, the CSV and TensorBoard.
+
+        Args:
+            row: column -> value, keys from :data:`COLUMNS` (missing ones are left empty).
+
+        Raises:
+            ValueError: a key that is not a column.
+        """
         unknown = sorted(set(row) - set(COLUMNS))
         if unknown:
             raise ValueError(f"MetricsLog: unknown columns {unknown}; allowed: {list(COLUMNS)}")
@@ -91,7 +102,15 @@ class MetricsLog:
 
 
 def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:
-    """Save a PNG of the training/validation loss and the validation CER/WER against steps."""
+    """Save a PNG of the training/validation loss and the validation CER/WER against steps.
+
+    Args:
+        rows: the metrics rows (as :class:`MetricsLog` holds them).
+        path: the PNG to write.
+
+    Returns:
+        ``path``, as a :class:`~pathlib.Path`.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,4 +1,8 @@
-"""The training progress bar: tqdm with the loss, learning rate, utterances/s and the ETA."""
+"""The training progress bar: tqdm with the loss, learning rate, utterances/s and the ETA.
+
+It writes to stderr and only when enabled (``--no-progress`` turns it off), so the JSON
+result lines on stdout stay clean.
+"""
 
 from __future__ import annotations
 
@@ -24,13 +28,23 @@ class Progress:
                              file=sys.stderr, desc="train")
 
     def update(self, step: int) -> None:
-        """Advance the bar to ``step``."""
+        """Advance the bar to ``step``.
+
+        Args:
+            step: the number of steps done so far (the bar never moves back).
+        """
         if self._bar is not None and step > self._step:
             self._bar.update(step - self._step)
         self._step = step
 
     def postfix(self, loss: float, lr: float, utt_s: float) -> None:
-        """Show the latest loss, learning rate and throughput."""
+        """Show the latest loss, learning rate and throughput.
+
+        Args:
+            loss: the latest logged training loss.
+            lr: the learning rate.
+            utt_s: utterances per second.
+        """
         if self._bar is not None:
             self._bar.set_postfix_str(f"loss={loss:.3f} lr={lr:.2e} utt/s={utt_s:.1f}", refresh=False)
 

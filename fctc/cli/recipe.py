@@ -12,36 +12,37 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-import torch
-
 from .. import optim
-from .. import random as _random
-from ..audio import filterbank, spec_augment
-from ..models import citrinet_encoder, ctc_model, quartznet_encoder
+from ..audio import filterbank, random_warp, spec_augment
+from ..data import output_frames_fn
+from ..models import ARCHITECTURES, Architecture, augmented_front_end, cached_front_end
 from ..nn.core import Model
-from ..nn.decoders import conv1d_decoder
 from ..text import Vocabulary
 from .config import ConfigError
 
 __all__ = [
-    "ENCODERS",
     "build_vocabulary",
-    "augmented_front_end",
     "build_front_end",
     "build_model",
     "build_optimizer",
-    "count_parameters",
     "total_updates",
     "output_frames",
 ]
 
-ENCODERS = {"quartznet": quartznet_encoder, "citrinet": citrinet_encoder}
-"""Encoder builders by ``model.name``."""
-
 
 def build_vocabulary(config: dict[str, Any], texts: Iterable[str]) -> Vocabulary:
-    """The character vocabulary of ``config["vocabulary"]``: its ``tokens``, or every character
-    of ``texts`` (the training transcripts) in sorted order, then the blank."""
+    """The character vocabulary of ``config["vocabulary"]``.
+
+    Args:
+        config: the whole configuration.
+        texts: the training transcripts, used when ``vocabulary.tokens`` is null.
+
+    Returns:
+        Its ``tokens``, or every character of ``texts`` in sorted order, then the blank.
+
+    Raises:
+        ConfigError: the tokens would come from ``texts`` and they are empty.
+    """
     section = config["vocabulary"]
     tokens = section["tokens"]
     if tokens is None:
@@ -68,82 +69,74 @@ def _checked_kwargs(fn, kwargs: dict[str, Any], where: str, exclude: tuple[str, 
     return dict(kwargs)
 
 
-def augmented_front_end(
-    front_end: Model, augment: dict[str, Any] | None, warp: dict[str, Any] | None = None
-) -> Model:
-    """``front_end`` followed, in training only, by :func:`fctc.cli.features.random_warp` with
-    the keyword arguments ``warp`` and :func:`fctc.audio.spec_augment` with ``augment`` (None
-    skips either).
-
-    Params and state are the front end's own, so checkpoints keep thunder's layout; the key
-    is split between the front end (dither) and the augmentation.
-    """
-    from .features import augment_features
-
-    if augment is None and warp is None:
-        return front_end
-
-    def apply(params, state, audio, lengths, *, train=False, key=None):
-        if not train:
-            return front_end.apply(params, state, audio, lengths, train=False)
-        if key is None:
-            raise ValueError("front end: training with SpecAugment needs a key")
-        k_front, k_aug = _random.split(key)
-        (x, out_lengths), state = front_end.apply(params, state, audio, lengths, train=True, key=k_front)
-        return augment_features(k_aug, x, out_lengths, warp, augment), state
-
-    return Model(front_end.init, apply)
+def _architecture(model_config: dict[str, Any]) -> Architecture:
+    name = model_config.get("name")
+    if name not in ARCHITECTURES:
+        raise ConfigError(f"model.name must be one of {sorted(ARCHITECTURES)}, got {name!r}")
+    return ARCHITECTURES[name]
 
 
 def build_front_end(model_config: dict[str, Any]) -> Model:
-    """The filterbank front end of the ``model`` section (no augmentation)."""
+    """The filterbank front end of the ``model`` section (no augmentation).
+
+    Args:
+        model_config: the ``model`` section.
+
+    Returns:
+        :func:`fctc.audio.filterbank` of ``model.front_end``.
+
+    Raises:
+        ConfigError: ``model.front_end`` has a key ``filterbank`` does not take.
+    """
     return filterbank(**_checked_kwargs(filterbank, model_config.get("front_end") or {}, "model.front_end"))
 
 
-def build_model(
-    model_config: dict[str, Any], vocabulary: Vocabulary, cached_features: bool = False
-) -> Model:
-    """The CTC model of the ``model`` section: front end (+ SpecAugment), encoder, conv decoder.
-
-    With ``cached_features`` the model takes precomputed features instead of audio
-    (:func:`fctc.cli.features.cached_front_end`); its params and state are the same trees.
-    """
-    name = model_config.get("name")
-    if name not in ENCODERS:
-        raise ConfigError(f"model.name must be one of {sorted(ENCODERS)}, got {name!r}")
-    builder = ENCODERS[name]
-    fe_kwargs = _checked_kwargs(filterbank, model_config.get("front_end") or {}, "model.front_end")
-    enc_kwargs = _checked_kwargs(
-        builder, model_config.get("encoder") or {}, "model.encoder", exclude=("feat_in",)
-    )
+def _augmentation(model_config: dict[str, Any]) -> tuple[dict | None, dict | None]:
+    """``(spec_augment, warp)`` keyword arguments of the ``model`` section, keys checked."""
     augment = model_config.get("spec_augment")
     if augment is not None:
         augment = _checked_kwargs(
             spec_augment, augment, "model.spec_augment", exclude=("features", "lengths")
         )
-    from .features import random_warp
-
     warp = model_config.get("warp")
     if warp is not None:
         warp = _checked_kwargs(random_warp, warp, "model.warp", exclude=("features", "lengths"))
+    return augment, warp
+
+
+def build_model(
+    model_config: dict[str, Any], vocabulary: Vocabulary, cached_features: bool = False
+) -> Model:
+    """The CTC model of the ``model`` section: front end (+ augmentation), encoder, conv decoder.
+
+    Args:
+        model_config: the ``model`` section (``name``, ``encoder``, ``front_end``,
+            ``spec_augment``, ``warp``).
+        vocabulary: the output classes.
+        cached_features: build the model over precomputed features instead of audio
+            (:func:`fctc.models.cached_front_end`); its params and state are the same trees.
+
+    Returns:
+        The model, built by its :class:`fctc.models.Architecture`.
+
+    Raises:
+        ConfigError: an unknown ``model.name``, an unknown key in a section, or encoder
+            arguments the encoder refuses.
+    """
+    arch = _architecture(model_config)
+    fe_kwargs = _checked_kwargs(filterbank, model_config.get("front_end") or {}, "model.front_end")
+    enc_kwargs = _checked_kwargs(
+        arch.encoder, model_config.get("encoder") or {}, "model.encoder", exclude=("feat_in",)
+    )
+    augment, warp = _augmentation(model_config)
     front = filterbank(**fe_kwargs)
-    feat_in = inspect.signature(filterbank).parameters["nfilt"].default
-    feat_in = fe_kwargs.get("nfilt", feat_in)
+    feat_in = fe_kwargs.get("nfilt", inspect.signature(filterbank).parameters["nfilt"].default)
+    wrap = cached_front_end if cached_features else augmented_front_end
     try:
-        encoder = builder(feat_in=feat_in, **enc_kwargs)
+        front_end = wrap(front, augment, warp)
+        return arch.ctc_model(front_end, len(vocabulary), {"feat_in": feat_in, **enc_kwargs})
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.encoder: {e}") from None
-    if name == "quartznet":
-        final = enc_kwargs.get("final_filters", inspect.signature(builder).parameters["final_filters"].default)
-        width = list(final)[-1]
-    else:
-        width = enc_kwargs.get("final_filters", inspect.signature(builder).parameters["final_filters"].default)
-    decoder = conv1d_decoder(int(width), len(vocabulary))
-    if cached_features:
-        from .features import cached_front_end
-
-        return ctc_model(cached_front_end(front, augment, warp), encoder, decoder)
-    return ctc_model(augmented_front_end(front, augment, warp), encoder, decoder)
 
 
 def _schedule(config: dict[str, Any], total_updates: int):
@@ -223,13 +216,6 @@ def build_optimizer(config: dict[str, Any], total_updates: int):
     return tx, schedule
 
 
-def count_parameters(params: Any) -> int:
-    """The number of scalars in a parameter tree."""
-    from .. import tree
-
-    return sum(x.numel() for x in tree.leaves(params) if isinstance(x, torch.Tensor))
-
-
 def total_updates(total_steps: int, accumulate_batches: int) -> int:
     """Optimiser updates in a run of ``total_steps`` batches.
 
@@ -244,15 +230,20 @@ def total_updates(total_steps: int, accumulate_batches: int) -> int:
 
 
 def output_frames(model_config: dict[str, Any]):
-    """Audio samples -> output frames of the model of ``model_config`` (the ``max_labels`` of
-    :class:`fctc.data.SpeechDataset`, which skips utterances too short for their transcript)."""
-    from ..data import output_frames_fn
+    """Audio samples -> output frames of the model of ``model_config``.
 
+    Args:
+        model_config: the ``model`` section.
+
+    Returns:
+        The ``max_labels`` of :class:`fctc.data.SpeechDataset` (which skips utterances too
+        short for their transcript): the front end's hop and the architecture's stride.
+
+    Raises:
+        ConfigError: an unknown ``model.name``.
+    """
     hop = (model_config.get("front_end") or {}).get(
         "n_window_stride", inspect.signature(filterbank).parameters["n_window_stride"].default
     )
-    if model_config.get("name") == "citrinet":
-        stride = math.prod((model_config.get("encoder") or {}).get("strides", (1,)))
-    else:
-        stride = 2  # QuartzNet's stem
+    stride = _architecture(model_config).output_stride(model_config.get("encoder") or {})
     return output_frames_fn(int(hop), int(stride))

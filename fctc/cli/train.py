@@ -41,8 +41,8 @@ from .checkpoints import (
     save_checkpoint_dir,
 )
 from .config import ConfigError, dump_config
+from .decoding import write_decoding_files
 from .evaluate import evaluate_dataset
-from .features import FeatureCache
 from .logs import MetricsLog, plot_curves
 from .progress import Progress
 from .recipe import (
@@ -50,7 +50,6 @@ from .recipe import (
     build_model,
     build_optimizer,
     build_vocabulary,
-    count_parameters,
     output_frames,
     total_updates,
 )
@@ -161,7 +160,7 @@ class Trainer:
         self.elapsed = 0.0
         history: list[dict[str, Any]] = []
         if resume is not None:
-            state, meta = _ckpt.load_train_state(resume / TRAIN_STATE_FILE, state)
+            state, meta = _ckpt.load_train_state(resume / TRAIN_STATE_FILE, state, require_finite=True)
             self.epoch, self.batch_index = int(meta["epoch"]), int(meta["batch"])
             best = meta.get("best_cer")
             self.best_cer = math.inf if best is None else float(best)
@@ -171,9 +170,10 @@ class Trainer:
         self.cache = None
         if self.cache_features:
             front_state = _tree.map(lambda x: x.cpu(), state.model_state["audio_transform"])
-            self.cache = FeatureCache(self.train_set, build_front_end(config["model"]), front_state)
+            self.cache = _data.FeatureCache(self.train_set, build_front_end(config["model"]), front_state)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, self.out_dir / "config.yaml")
+        write_decoding_files(self.out_dir, [u.text for u in self.train_utts], self.vocabulary, config)
         self.metrics = MetricsLog(self.out_dir, history)
 
     # -- data ----------------------------------------------------------------------------
@@ -283,7 +283,7 @@ class Trainer:
         ckpt_every, max_bad = int(cfg["checkpoint_every"]), int(cfg["max_nonfinite"])
         step = int(self.state.step)
         if step == 0:
-            n = count_parameters(self.state.params)
+            n = _tree.size(self.state.params)
             self.log(
                 f"training {self.config['model']['name']} ({n:,} parameters) on "
                 f"{len(self.train_set)} utterances, {self.batches_per_epoch} batches per epoch, "
@@ -379,7 +379,7 @@ class Trainer:
         eval_step = make_eval_step(loaded.model, loaded.vocabulary,
                                    precision=self.config["training"]["precision"])
         result = evaluate_dataset(
-            eval_step, loaded.params, loaded.model_state, test_set, self.device,
+            eval_step, loaded.params, loaded.state, test_set, self.device,
             output=self.out_dir / "test_predictions.jsonl", **self._batching(),
         )
         result = {"split": "test", "manifest": str(self.test_path),

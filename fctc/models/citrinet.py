@@ -33,6 +33,7 @@ from .quartznet import (
     _check_ints,
     _check_kernel,
     _encoder,
+    _named_config,
     conv_block,
 )
 
@@ -71,18 +72,21 @@ CITRINET_CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def citrinet_config(name: str) -> dict[str, Any]:
-    """The keyword arguments of :func:`citrinet_encoder` for ``"256"``, ``"512"``, ``"1024"``
-    or ``"tiny"``: ``citrinet_encoder(feat_in=80, **citrinet_config("512"))``.
+    """The keyword arguments of :func:`citrinet_encoder` for a named size.
 
-    The final block keeps thunder's width of 640; pass ``final_filters`` for a checkpoint
-    whose last block differs.
+    ``citrinet_encoder(feat_in=80, **citrinet_config("512"))``. The final block keeps
+    thunder's width of 640; pass ``final_filters`` for a checkpoint whose last block differs.
+
+    Args:
+        name: ``"256"``, ``"512"``, ``"1024"`` or ``"tiny"``.
+
+    Returns:
+        A fresh dict.
+
+    Raises:
+        ValueError: an unknown name.
     """
-    if name not in CITRINET_CONFIGS:
-        raise ValueError(
-            f"citrinet_config: unknown configuration {name!r}; choose one of "
-            f"{sorted(CITRINET_CONFIGS)}"
-        )
-    return dict(CITRINET_CONFIGS[name])
+    return _named_config(CITRINET_CONFIGS, name, "citrinet_config")
 
 
 def squeeze_excite(channels: int, reduction: int = SE_REDUCTION, masked: bool = False) -> Model:
@@ -93,6 +97,17 @@ def squeeze_excite(channels: int, reduction: int = SE_REDUCTION, masked: bool = 
     bias. Params ``{"layer": {"0": {"fc": {"0": {"weight"}, "2": {"weight"}}}}}``. With
     ``masked=True`` the mean covers each example's valid steps only and the padding is zeroed
     (an empty example pools to zero where NeMo would give NaN).
+
+    Args:
+        channels: the channels of ``x``.
+        reduction: ``channels // reduction`` hidden units.
+        masked: pool over the valid steps only.
+
+    Returns:
+        The model over ``(x, lengths)``.
+
+    Raises:
+        ValueError: no hidden unit is left.
     """
     hidden = channels // reduction
     if hidden < 1:
@@ -148,6 +163,27 @@ def citrinet_encoder(
     ``(filters[i], kernel_sizes[i], strides[i])``; see the module docstring for the stem width
     and ``masked_se``. Dropout (not in the stem, as in thunder) draws from ``key`` when
     ``train=True``.
+
+    Args:
+        filters: the width of each block.
+        kernel_sizes: the kernel of each block (odd).
+        strides: the stride of each block.
+        feat_in: input features.
+        dropout: the dropout probability.
+        repeat: sub-blocks per block.
+        stem_filters: the stem's width; None is ``filters[0]``.
+        stem_kernel: the stem's kernel (odd).
+        final_filters: the final block's width.
+        final_kernel: the final block's kernel (odd).
+        masked_se: squeeze-excite over the valid steps only.
+
+    Returns:
+        The encoder.
+
+    Raises:
+        ValueError: an argument out of range (lists of different lengths, a width below the
+            squeeze-excite reduction, an even kernel, a dropout outside ``[0, 1)``).
+        TypeError: a list argument that is not a sequence of ints.
     """
     name = "citrinet_encoder"
     filters = _check_ints(filters, "filters", name)

@@ -11,7 +11,8 @@ Parameters and state are nested under thunder's attribute names ``encoder``, ``d
 ``BaseCTCModule`` (``encoder.0.mconv.0.conv.weight``, ``decoder.weight``,
 ``audio_transform.2.layer.0.fb``) and thunder checkpoints map directly.
 
-:func:`quartznet_ctc` and :func:`citrinet_ctc` build the usual models from a vocabulary and a size.
+:func:`fctc.models.quartznet_ctc` and :func:`fctc.models.citrinet_ctc` build the usual models
+from a vocabulary and a size (:mod:`fctc.models.architectures`).
 """
 
 from __future__ import annotations
@@ -21,13 +22,9 @@ from typing import Any
 import torch
 
 from .. import random as _random
-from ..audio import filterbank
 from ..nn.core import Model
-from ..nn.decoders import conv1d_decoder
-from .citrinet import citrinet_config, citrinet_encoder
-from .quartznet import quartznet_config, quartznet_encoder
 
-__all__ = ["ctc_model", "quartznet_ctc", "citrinet_ctc", "CTC_PARTS"]
+__all__ = ["ctc_model", "CTC_PARTS"]
 
 CTC_PARTS = ("encoder", "decoder", "audio_transform")
 """The sub-trees of a CTC model's params and state, in thunder's ``state_dict`` order."""
@@ -58,15 +55,23 @@ def ctc_model(front_end: Model, encoder: Model, decoder: Model) -> Model:
 
     ``apply(params, state, audio, lengths, train=False, key=None)`` returns
     ``((logits (B, num_classes, T), out_lengths), state)``: thunder's
-    ``BaseCTCModule.forward``. ``front_end`` maps ``(audio, lengths)`` to
-    ``((features, feature_lengths), state)``, ``encoder`` maps those to
-    ``((encoded, out_lengths), state)`` and ``decoder`` maps ``encoded`` to logits. ``key``
-    is split three ways (front end: dither; encoder: dropout; decoder), so each part's
-    randomness is independent; ``train`` reaches all three.
+    ``BaseCTCModule.forward``. ``key`` is split three ways (front end: dither; encoder:
+    dropout; decoder), so each part's randomness is independent; ``train`` reaches all three.
 
     Params and state are ``{"encoder": ..., "decoder": ..., "audio_transform": ...}``. A
     part without entries may be left out (a tree loaded back from a ``state_dict`` has no
     ``audio_transform`` params, for instance); the returned state keeps the input's keys.
+
+    Args:
+        front_end: maps ``(audio, lengths)`` to ``((features, feature_lengths), state)``.
+        encoder: maps those to ``((encoded, out_lengths), state)``.
+        decoder: maps ``encoded`` to logits.
+
+    Returns:
+        The composed model.
+
+    Raises:
+        TypeError: a part is not a :class:`~fctc.nn.core.Model`.
     """
     front_end = _check_model(front_end, "front_end")
     encoder = _check_model(encoder, "encoder")
@@ -114,78 +119,3 @@ def ctc_model(front_end: Model, encoder: Model, decoder: Model) -> Model:
         return (logits, out_lengths), new_state
 
     return Model(init, apply)
-
-
-def _num_classes(vocabulary: Any, fn: str) -> int:
-    n = vocabulary if isinstance(vocabulary, int) and not isinstance(vocabulary, bool) else None
-    if n is None and hasattr(vocabulary, "__len__") and hasattr(vocabulary, "itos"):
-        n = len(vocabulary)
-    if n is None or n < 2:
-        raise ValueError(
-            f"{fn}: vocabulary must be a fctc.text.Vocabulary or the number of output classes "
-            f"(blank included, at least 2), got {vocabulary!r}"
-        )
-    return n
-
-
-def quartznet_ctc(
-    vocabulary: Any,
-    config: str = "5x5",
-    *,
-    dropout: float = 0.0,
-    front_end: dict[str, Any] | None = None,
-    **encoder_kwargs: Any,
-) -> Model:
-    """QuartzNet as thunder builds it: filterbank front end, ``quartznet_encoder``, conv decoder.
-
-    ``vocabulary`` is a :class:`fctc.text.Vocabulary` (its length, blank included, is the
-    number of classes) or that number. ``config`` names a size of
-    :func:`~fctc.models.quartznet.quartznet_config` (``"5x5"``, ``"15x5"``, ``"tiny"``);
-    ``encoder_kwargs`` override single encoder arguments. ``front_end`` holds keyword
-    arguments of :func:`fctc.audio.filterbank` (thunder's defaults otherwise); the encoder's
-    ``feat_in`` is its ``nfilt``.
-    """
-    num_classes = _num_classes(vocabulary, "quartznet_ctc")
-    fe_kwargs = dict(front_end or {})
-    feat_in = fe_kwargs.setdefault("nfilt", 64)
-    enc_kwargs = {**quartznet_config(config), "dropout": dropout, **encoder_kwargs}
-    if "feat_in" in enc_kwargs and enc_kwargs["feat_in"] != feat_in:
-        raise ValueError(
-            f"quartznet_ctc: feat_in={enc_kwargs['feat_in']} differs from the front end's "
-            f"nfilt={feat_in}; set front_end={{'nfilt': ...}} instead"
-        )
-    enc_kwargs["feat_in"] = feat_in
-    width = tuple(enc_kwargs.get("final_filters", (512, 1024)))[-1]
-    return ctc_model(
-        filterbank(**fe_kwargs), quartznet_encoder(**enc_kwargs), conv1d_decoder(width, num_classes)
-    )
-
-
-def citrinet_ctc(
-    vocabulary: Any,
-    config: str = "256",
-    *,
-    dropout: float = 0.0,
-    front_end: dict[str, Any] | None = None,
-    **encoder_kwargs: Any,
-) -> Model:
-    """Citrinet: filterbank front end, ``citrinet_encoder`` and thunder's conv decoder.
-
-    Like :func:`quartznet_ctc`, with sizes from :func:`~fctc.models.citrinet.citrinet_config`
-    (``"256"``, ``"512"``, ``"1024"``, ``"tiny"``). The front end defaults to NeMo's Citrinet
-    features: 80 filters over 25 ms windows (``n_window_size=400``) every 10 ms.
-    """
-    num_classes = _num_classes(vocabulary, "citrinet_ctc")
-    fe_kwargs = {"nfilt": 80, "n_window_size": 400, **(front_end or {})}
-    feat_in = fe_kwargs["nfilt"]
-    enc_kwargs = {**citrinet_config(config), "dropout": dropout, **encoder_kwargs}
-    if "feat_in" in enc_kwargs and enc_kwargs["feat_in"] != feat_in:
-        raise ValueError(
-            f"citrinet_ctc: feat_in={enc_kwargs['feat_in']} differs from the front end's "
-            f"nfilt={feat_in}; set front_end={{'nfilt': ...}} instead"
-        )
-    enc_kwargs["feat_in"] = feat_in
-    width = enc_kwargs.get("final_filters", 640)
-    return ctc_model(
-        filterbank(**fe_kwargs), citrinet_encoder(**enc_kwargs), conv1d_decoder(width, num_classes)
-    )

@@ -32,10 +32,13 @@ __all__ = [
     "quartznet_encoder",
     "quartznet_config",
     "QUARTZNET_CONFIGS",
+    "STEM_STRIDE",
 ]
 
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.1
+STEM_STRIDE = 2
+"""QuartzNet's only time downsampling: its stem's stride (so 50 outputs per second at a 10 ms hop)."""
 
 QUARTZNET_CONFIGS: dict[str, dict[str, Any]] = {
     "5x5": dict(
@@ -60,17 +63,27 @@ QUARTZNET_CONFIGS: dict[str, dict[str, Any]] = {
 
 
 def quartznet_config(name: str) -> dict[str, Any]:
-    """The keyword arguments of :func:`quartznet_encoder` for ``"5x5"``, ``"15x5"`` or ``"tiny"``.
+    """The keyword arguments of :func:`quartznet_encoder` for a named size.
 
     ``quartznet_encoder(feat_in=64, **quartznet_config("15x5"))`` is NeMo's QuartzNet 15x5.
-    A fresh dict comes back, so callers may edit it.
+
+    Args:
+        name: ``"5x5"``, ``"15x5"`` or ``"tiny"``.
+
+    Returns:
+        A fresh dict, so callers may edit it.
+
+    Raises:
+        ValueError: an unknown name.
     """
-    if name not in QUARTZNET_CONFIGS:
-        raise ValueError(
-            f"quartznet_config: unknown configuration {name!r}; choose one of "
-            f"{sorted(QUARTZNET_CONFIGS)}"
-        )
-    return dict(QUARTZNET_CONFIGS[name])
+    return _named_config(QUARTZNET_CONFIGS, name, "quartznet_config")
+
+
+def _named_config(configs: dict[str, dict[str, Any]], name: str, fn: str) -> dict[str, Any]:
+    """A fresh copy of ``configs[name]``, or an error naming the choices."""
+    if name not in configs:
+        raise ValueError(f"{fn}: unknown configuration {name!r}; choose one of {sorted(configs)}")
+    return dict(configs[name])
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -96,6 +109,18 @@ def masked_conv1d(
     Takes and returns ``(x, lengths)``; the lengths become
     ``floor((L + 2 * padding - dilation * (kernel_size - 1) - 1) / stride) + 1``.
     Params ``{"conv": {"weight": (out, in // groups, kernel_size)}}``; no state.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: the kernel's length.
+        stride: the time stride.
+        padding: zeros added at both ends.
+        dilation: the kernel's dilation.
+        groups: channel groups (``in_channels`` for a depthwise convolution).
+
+    Returns:
+        The model.
     """
     conv = _nn.conv1d(
         in_channels, out_channels, kernel_size, stride=stride, padding=padding,
@@ -167,6 +192,22 @@ def conv_block(
     ``mout``, the closing ReLU and dropout. QuartzNet strides every sub-block (and the residual
     by ``stride ** repeat``); with ``stride_last_only`` (Citrinet) only the last sub-block and
     the residual stride, once.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        repeat: sub-blocks.
+        kernel_size: the convolutions' kernel.
+        stride: the time stride.
+        dilation: the convolutions' dilation.
+        dropout: the dropout probability.
+        residual: add the 1x1 residual branch.
+        separable: depthwise + pointwise convolutions instead of full ones.
+        stride_last_only: stride only the last sub-block (Citrinet).
+        tail: models appended to ``mconv`` (Citrinet's squeeze-excite).
+
+    Returns:
+        The block over ``(x, lengths)``.
     """
     layers: list[Model] = []
     width = in_channels
@@ -297,6 +338,26 @@ def quartznet_encoder(
     :func:`quartznet_config` names the usual sizes (5x5: 6,683,456 parameters at
     ``feat_in=64``; 15x5: 18,894,656). Dropout (between sub-blocks and after every block but the
     stem, as in thunder) draws from ``key`` when ``train=True``.
+
+    Args:
+        feat_in: input features.
+        filters: the width of each body stage.
+        kernel_sizes: the kernel of each body stage (odd).
+        repeat_blocks: residual blocks per stage.
+        dropout: the dropout probability.
+        repeat: sub-blocks per block.
+        stem_filters: the stem's width.
+        stem_kernel: the stem's kernel (odd).
+        final_filters: the widths of the dilated block and the 1x1 block.
+        final_kernel: the dilated block's kernel (odd).
+
+    Returns:
+        The encoder.
+
+    Raises:
+        ValueError: an argument out of range (a non-positive width, an even kernel, lists of
+            different lengths, a dropout outside ``[0, 1)``).
+        TypeError: a list argument that is not a sequence of ints.
     """
     name = "quartznet_encoder"
     feat_in = _check_int(feat_in, "feat_in", name)
@@ -321,7 +382,9 @@ def quartznet_encoder(
     final_kernel = _check_kernel(final_kernel, "final_kernel", name)
 
     blocks = [
-        conv_block(feat_in, stem_filters, 1, stem_kernel, stride=2, residual=False, separable=True)
+        conv_block(
+            feat_in, stem_filters, 1, stem_kernel, stride=STEM_STRIDE, residual=False, separable=True
+        )
     ]
     width = stem_filters
     for f, k in zip(filters, kernel_sizes):

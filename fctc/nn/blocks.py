@@ -29,6 +29,16 @@ def lengths_to_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     As in thunder, lengths are converted to integers first (float lengths truncate towards
     zero), and ``max_length`` may exceed ``lengths.max()``.
 
+    Args:
+        lengths: a 1-D tensor of per-example lengths (integer or float).
+        max_length: the mask's time size ``T``.
+
+    Returns:
+        A bool tensor of shape ``(B, max_length)`` on ``lengths``' device.
+
+    Raises:
+        ValueError: ``lengths`` is not a 1-D tensor.
+
     >>> lengths_to_mask(torch.tensor([2, 0, 3]), 3)
     tensor([[ True,  True, False],
             [False, False, False],
@@ -53,19 +63,37 @@ def normalize_tensor(
     Without a mask (thunder's unmasked branch): ``(x - mean) / sqrt(var + div_guard)`` with
     the unbiased variance, so ``dim`` needs at least two elements.
 
-    With a ``mask`` (True or 1 where valid, broadcastable to ``input_values``; typically
-    ``lengths_to_mask(lengths, T).unsqueeze(1)`` for ``(B, C, T)`` features): the mean and the
-    population standard deviation are taken over the valid positions only, the result is
-    ``(x - mean) / (std + div_guard)`` there, and exactly 0 elsewhere. What the padded
-    positions hold (zeros, garbage, even NaN) never changes the result. A row with no valid
-    position comes out all zeros.
+    With a ``mask`` (typically ``lengths_to_mask(lengths, T).unsqueeze(1)`` for ``(B, C, T)``
+    features): the mean and the population standard deviation are taken over the valid
+    positions only, the result is ``(x - mean) / (std + div_guard)`` there, and exactly 0
+    elsewhere. What the padded positions hold (zeros, garbage, even NaN) never changes the
+    result. A row with no valid position comes out all zeros.
 
     As in thunder, the statistics are detached: gradients flow only through ``x`` itself.
 
-    Note: thunder's own masked branch sums over all positions (padding included) while
-    dividing by the number of valid ones, which makes its output depend on the padding; this
-    function computes the statistics over the valid region that thunder's code intends, and
-    agrees with it exactly when nothing is padded.
+    Note, thunder's own masked branch (thunder-speech 3.2.0) differs on padded rows: it
+    zero-fills the padding first, so its mean is the mean of the valid positions, as here, but
+    it sums the squared deviations over all positions, so each padded position adds
+    ``(0 - mean)**2`` to the variance's numerator (still divided by the number of valid
+    positions). Its output therefore depends on how much padding a row has (unless the mean
+    is 0), though not on what the padding held. This function takes the variance over the
+    valid positions only; the two agree (to rounding) when nothing is padded.
+
+    Args:
+        input_values: a floating tensor, e.g. ``(B, C, T)`` features.
+        mask: optional validity mask, True (or 1) where valid, broadcastable to
+            ``input_values``.
+        div_guard: keeps constant rows from dividing by zero (added to the variance without
+            a mask, to the standard deviation with one).
+        dim: the axis the statistics are taken over.
+
+    Returns:
+        A tensor of ``input_values``' shape and dtype.
+
+    Raises:
+        TypeError: ``input_values`` is not a floating tensor, or ``mask`` is not a tensor.
+        ValueError: the unmasked variance gets fewer than two elements, or ``mask`` does not
+            broadcast to ``input_values``.
     """
     if not isinstance(input_values, torch.Tensor):
         raise TypeError(
@@ -114,7 +142,18 @@ def get_same_padding(kernel_size: int, stride: int, dilation: int) -> int:
     """The padding that gives "same" output length: ``T`` for stride 1, ``T / stride`` else.
 
     thunder's rule: ``kernel_size // 2``, or ``(dilation * (kernel_size - 1) + 1) // 2`` when
-    dilated. Exact for odd kernel sizes. Stride and dilation cannot both exceed 1.
+    dilated. Exact for odd kernel sizes.
+
+    Args:
+        kernel_size: the convolution's kernel size.
+        stride: its stride.
+        dilation: its dilation.
+
+    Returns:
+        The padding for each side.
+
+    Raises:
+        ValueError: an argument is not a positive int, or stride and dilation both exceed 1.
 
     >>> get_same_padding(11, 1, 1), get_same_padding(3, 1, 2), get_same_padding(5, 2, 1)
     (5, 2, 2)
@@ -168,6 +207,23 @@ def convolution_stft(
     fixes it at length 1024, its default ``win_length``). Unlike thunder, ``center=False`` is
     honoured (no reflect padding, frames start at sample 0). Why a convolution: it needs no FFT
     kernel, so it exports to ONNX and runs wherever conv1d does.
+
+    Args:
+        input_data: the signal, ``(T,)`` or ``(B, T)``, floating.
+        n_fft: the FFT size; ``n_fft // 2 + 1`` frequency bins.
+        hop_length: samples between frames.
+        win_length: the window's length (at most ``n_fft``; centred in it).
+        window: a ``(win_length,)`` window; ``None`` for thunder's Hann window.
+        center: reflect-pad ``n_fft // 2`` samples on each side, as ``torch.stft`` does.
+        return_complex: return a complex tensor instead of its real view.
+
+    Returns:
+        The spectrum, ``(B, n_fft // 2 + 1, frames)`` complex or ``(..., frames, 2)`` real.
+
+    Raises:
+        TypeError: ``input_data`` is not floating point.
+        ValueError: a bad shape or size, a window of the wrong length, or a signal too short
+            for the padding (or, with ``center=False``, for one frame).
     """
     if not isinstance(input_data, torch.Tensor) or input_data.dim() not in (1, 2):
         shape = _describe(input_data)

@@ -84,6 +84,16 @@ def serial(*models: Model) -> Model:
     ``apply(params, state, *inputs, train=False, key=None) -> (output, state)``: the first
     child receives ``*inputs``, the others the previous output. Params and state are
     ``{"0": ..., "1": ..., ...}``.
+
+    Args:
+        *models: the children, in order (at least one).
+
+    Returns:
+        The chain as a :class:`Model`.
+
+    Raises:
+        ValueError: no model is given.
+        TypeError: an argument is not a :class:`Model`.
     """
     models = _check_models(models, "serial")
 
@@ -110,6 +120,16 @@ def sequential(*models: Model) -> Model:
     Every child is called as ``apply(p, s, x, lengths, train=..., key=...)`` and returns
     ``((x, lengths), s)``; the chain returns ``((x, lengths), state)``. Params and state are
     ``{"0": ..., "1": ..., ...}``; wrap plain layers in :func:`masked`.
+
+    Args:
+        *models: the length-aware children, in order (at least one).
+
+    Returns:
+        The chain as a :class:`Model`; its ``apply`` raises ``TypeError`` (suggesting
+        :func:`masked`) when a child does not take or return ``(x, lengths)``.
+
+    Raises:
+        ValueError, TypeError: as :func:`serial`, for no model or a non-model argument.
     """
     models = _check_models(models, "sequential")
 
@@ -151,6 +171,15 @@ def masked(*models: Model) -> Model:
     computed like any other, so layers that mix time steps (convolutions with padding) or
     batch statistics (batch norm in training) let them reach valid outputs, exactly as in
     thunder. Params and state are ``{"layer": {"0": ..., "1": ...}}``.
+
+    Args:
+        *models: the plain children, chained as by :func:`serial` (at least one).
+
+    Returns:
+        The wrapper as a :class:`Model` over ``(x, lengths)``.
+
+    Raises:
+        ValueError, TypeError: as :func:`serial`, for no model or a non-model argument.
     """
     inner = serial(*_check_models(models, "masked"))
 

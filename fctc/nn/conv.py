@@ -1,4 +1,8 @@
-"""A 1-D convolution, ``torch.nn.Conv1d`` as a pure :class:`~fctc.nn.core.Model`."""
+"""A 1-D convolution, ``torch.nn.Conv1d`` as a pure :class:`~fctc.nn.core.Model`.
+
+The parameters, their initialisation and the arithmetic are torch's (``F.conv1d``), so a
+``Conv1d``'s ``state_dict`` loads as the params; the checks name the bad argument or input.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,35 @@ def _single(value: object, what: str, minimum: int) -> int:
     return value
 
 
+def _padding(padding: object, stride: int) -> int | str:
+    """An int ``>= 0``, ``"valid"``, or ``"same"`` (which torch allows with stride 1 only)."""
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"conv1d: padding must be an int, 'same' or 'valid', got {padding!r}")
+        if padding == "same" and stride != 1:
+            raise ValueError("conv1d: padding='same' needs stride=1 (as in torch); pad explicitly")
+        return padding
+    return _single(padding, "padding", 0)
+
+
+def _check_input(x: object, in_channels: int, padding: int | str, span: int) -> None:
+    """``x`` is ``(B, C, T)`` or ``(C, T)`` with ``in_channels`` channels and, padded, at least
+    the kernel's ``span`` time steps."""
+    check_rank(x, (2, 3), "conv1d")
+    if x.shape[-2] != in_channels:
+        raise ValueError(
+            f"conv1d: expected {in_channels} input channels (x of shape (B, {in_channels}, T)),"
+            f" got shape {tuple(x.shape)}"
+        )
+    padded = x.shape[-1] + (2 * padding if isinstance(padding, int) else 0)
+    if padding == "valid" or isinstance(padding, int):
+        if padded < span:
+            raise ValueError(
+                f"conv1d: {x.shape[-1]} time steps (padded to {padded}) are fewer than the "
+                f"kernel's span of {span}; give a longer input or more padding"
+            )
+
+
 def conv1d(
     in_channels: int,
     out_channels: int,
@@ -40,9 +73,31 @@ def conv1d(
 
     Params: ``{"weight": (out_channels, in_channels // groups, kernel_size),
     "bias": (out_channels,)}``; no state. ``groups`` covers grouped and depthwise
-    (``groups == in_channels``) convolutions; ``padding`` is an int or ``"same"`` / ``"valid"``
-    (zero padding). Initialisation is torch's default: weight ``kaiming_uniform(a=sqrt(5))``,
-    bias ``U(+-1/sqrt(fan_in))`` with ``fan_in = in_channels // groups * kernel_size``.
+    (``groups == in_channels``) convolutions. Initialisation is torch's default: weight
+    ``kaiming_uniform(a=sqrt(5))``, bias ``U(+-1/sqrt(fan_in))`` with
+    ``fan_in = in_channels // groups * kernel_size``.
+
+    Args:
+        in_channels: input channels ``C``.
+        out_channels: output channels.
+        kernel_size: the kernel's width (an int, or a 1-tuple as thunder passes it).
+        stride: the step between output frames.
+        padding: zeros added on each side (an int), or ``"same"`` / ``"valid"``.
+        dilation: the spacing of the kernel's taps.
+        groups: the number of channel groups (``in_channels`` for depthwise).
+        bias: whether the layer has a bias.
+        dtype: the parameters' dtype.
+        weight_init: an initialiser for the weight (see :mod:`fctc.nn.init`).
+        bias_init: an initialiser for the bias.
+
+    Returns:
+        The layer as a :class:`Model`; ``apply(params, state, x)`` returns ``(y, state)`` and
+        raises ``ValueError`` for params of the wrong shapes, the wrong number of input
+        channels, or an input shorter than the kernel's span.
+
+    Raises:
+        ValueError: a size that is not a positive int, an unknown ``padding``,
+            ``padding="same"`` with a stride, or channels not divisible by ``groups``.
     """
     in_channels = _single(in_channels, "in_channels", 1)
     out_channels = _single(out_channels, "out_channels", 1)
@@ -50,13 +105,7 @@ def conv1d(
     stride = _single(stride, "stride", 1)
     dilation = _single(dilation, "dilation", 1)
     groups = _single(groups, "groups", 1)
-    if isinstance(padding, str):
-        if padding not in ("same", "valid"):
-            raise ValueError(f"conv1d: padding must be an int, 'same' or 'valid', got {padding!r}")
-        if padding == "same" and stride != 1:
-            raise ValueError("conv1d: padding='same' needs stride=1 (as in torch); pad explicitly")
-    else:
-        padding = _single(padding, "padding", 0)
+    padding = _padding(padding, stride)
     if in_channels % groups or out_channels % groups:
         raise ValueError(
             f"conv1d: in_channels ({in_channels}) and out_channels ({out_channels}) must both be "
@@ -80,19 +129,7 @@ def conv1d(
 
     def apply(params, state, x, *, train=False, key=None):
         check_params(params, expected, "conv1d")
-        check_rank(x, (2, 3), "conv1d")
-        if x.shape[-2] != in_channels:
-            raise ValueError(
-                f"conv1d: expected {in_channels} input channels (x of shape (B, {in_channels}, T)),"
-                f" got shape {tuple(x.shape)}"
-            )
-        padded = x.shape[-1] + (2 * padding if isinstance(padding, int) else 0)
-        if padding == "valid" or isinstance(padding, int):
-            if padded < span:
-                raise ValueError(
-                    f"conv1d: {x.shape[-1]} time steps (padded to {padded}) are fewer than the "
-                    f"kernel's span of {span}; give a longer input or more padding"
-                )
+        _check_input(x, in_channels, padding, span)
         y = F.conv1d(
             x, params["weight"], params.get("bias"), stride, padding, dilation, groups
         )

@@ -22,14 +22,32 @@ __all__ = ["Model", "check_rank", "check_lengths", "check_params"]
 
 class Model(NamedTuple):
     """A pure model: ``init(key) -> (params, state)`` and
-    ``apply(params, state, *inputs, train=False, key=None) -> (outputs, state)``."""
+    ``apply(params, state, *inputs, train=False, key=None) -> (outputs, state)``.
+
+    A NamedTuple of the two functions, so a model is a value: it can be built, passed and
+    composed (:func:`~fctc.nn.serial`) without hidden state.
+    """
 
     init: Callable[..., tuple[Any, Any]]
     apply: Callable[..., tuple[Any, Any]]
 
 
 def check_rank(x: Any, rank: int | tuple[int, ...], name: str, what: str = "x") -> torch.Tensor:
-    """Raise a ``ValueError`` naming the layer when ``x`` is not a tensor of the given rank(s)."""
+    """Check that ``x`` is a tensor of the given rank, with an error that names the layer.
+
+    Args:
+        x: the value to check.
+        rank: the allowed rank, or a tuple of allowed ranks.
+        name: the layer, for the message.
+        what: what ``x`` is called in the message.
+
+    Returns:
+        ``x`` itself.
+
+    Raises:
+        TypeError: ``x`` is not a tensor.
+        ValueError: its rank is not allowed.
+    """
     ranks = (rank,) if isinstance(rank, int) else tuple(rank)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: {what} must be a tensor, got {type(x).__name__}")
@@ -51,6 +69,20 @@ def check_lengths(lengths: Any, x: torch.Tensor, name: str, time_dim: int = -1) 
     needs a host sync, which a compiled step must not pay). A model nests many layers that
     receive the same lengths tensor, so the value check runs once per tensor: a tensor already
     checked, and not modified in place since, is only compared with the new time dimension.
+
+    Args:
+        lengths: the lengths to check.
+        x: the batch they describe (its dimension 0 is the batch).
+        name: the layer, for the message.
+        time_dim: the axis of ``x`` the lengths count.
+
+    Returns:
+        ``lengths`` itself.
+
+    Raises:
+        TypeError: ``lengths`` is not a tensor.
+        ValueError: a shape that does not match the batch, a negative length, or one beyond
+            ``x.shape[time_dim]``.
     """
     if not isinstance(lengths, torch.Tensor):
         raise TypeError(f"{name}: lengths must be a tensor, got {type(lengths).__name__}")
@@ -86,7 +118,18 @@ def check_lengths(lengths: Any, x: torch.Tensor, name: str, time_dim: int = -1) 
 
 
 def check_params(params: Any, expected: dict[str, tuple[int, ...]], name: str) -> None:
-    """Check that ``params`` holds exactly the named tensors with the expected shapes."""
+    """Check that ``params`` holds exactly the named tensors with the expected shapes.
+
+    Args:
+        params: a layer's params (or state) dict.
+        expected: name -> shape of every tensor it must hold.
+        name: the layer, for the message.
+
+    Raises:
+        TypeError: ``params`` is not a dict.
+        ValueError: a name is missing or unexpected, or a shape differs (the message says
+            which).
+    """
     if not isinstance(params, dict):
         raise TypeError(f"{name}: params must be a dict, got {type(params).__name__}")
     missing = [k for k in expected if k not in params]

@@ -24,7 +24,12 @@ __all__ = ["swap_last_dimension", "linear_decoder", "conv1d_decoder"]
 
 
 def swap_last_dimension() -> Model:
-    """Swap the last two axes, ``x.transpose(-1, -2)`` (thunder's ``SwapLastDimension``)."""
+    """Swap the last two axes, ``x.transpose(-1, -2)`` (thunder's ``SwapLastDimension``).
+
+    Returns:
+        The layer as a :class:`Model` without params or state; its ``apply`` raises
+        ``ValueError`` for an input of rank below 2.
+    """
 
     def init(key=None):
         return {}, {}
@@ -40,8 +45,16 @@ def swap_last_dimension() -> Model:
 
 def linear_decoder(decoder_input_channels: int, num_classes: int, decoder_dropout: float) -> Model:
     """Dropout then a linear layer over the channels of ``(B, C, T)`` features (thunder's
-    ``linear_decoder``); returns ``(B, num_classes, T)``. The linear layer has torch's
-    default initialisation, as in thunder."""
+    ``linear_decoder``). The linear layer has torch's default initialisation, as in thunder.
+
+    Args:
+        decoder_input_channels: the encoder's output channels ``C``.
+        num_classes: the vocabulary size, blank included.
+        decoder_dropout: the dropout probability before the linear layer.
+
+    Returns:
+        A :class:`Model` from ``(B, C, T)`` to logits ``(B, num_classes, T)``.
+    """
     return serial(
         swap_last_dimension(),
         dropout(decoder_dropout),
@@ -52,7 +65,15 @@ def linear_decoder(decoder_input_channels: int, num_classes: int, decoder_dropou
 
 def conv1d_decoder(decoder_input_channels: int, num_classes: int) -> Model:
     """A kernel-size-1 convolution from encoder channels to class logits (thunder's
-    ``conv1d_decoder``): xavier-uniform weight (gain 1), torch's default bias."""
+    ``conv1d_decoder``): xavier-uniform weight (gain 1), torch's default bias.
+
+    Args:
+        decoder_input_channels: the encoder's output channels ``C``.
+        num_classes: the vocabulary size, blank included.
+
+    Returns:
+        A :class:`Model` from ``(B, C, T)`` to logits ``(B, num_classes, T)``.
+    """
     return conv1d(
         decoder_input_channels,
         num_classes,

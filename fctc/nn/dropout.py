@@ -1,4 +1,8 @@
-"""Dropout, ``torch.nn.Dropout`` as a pure model whose randomness comes from an explicit key."""
+"""Dropout, ``torch.nn.Dropout`` as a pure model whose randomness comes from an explicit key.
+
+The mask is drawn with :func:`fctc.random.bernoulli`, so the same key drops the same elements
+eagerly, compiled and after a resume; the scaling is torch's (inverted dropout).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,16 @@ def dropout(p: float = 0.5) -> Model:
     Identity when ``train=False`` or ``p == 0``. In training it needs ``key`` (the same key
     always drops the same elements, so a step can be replayed exactly); ``p == 1`` zeroes
     everything, as torch does. No params, no state.
+
+    Args:
+        p: the probability of zeroing an element, in ``[0, 1]``.
+
+    Returns:
+        The layer as a :class:`Model`; its ``apply`` raises ``ValueError`` when
+        ``train=True`` and ``p > 0`` come without a ``key``.
+
+    Raises:
+        ValueError: ``p`` is not a probability.
     """
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")

@@ -60,6 +60,15 @@ def compute_fans(shape: int | Sequence[int]) -> tuple[int, int]:
 
     For a linear weight ``(out, in)`` these are ``in`` and ``out``; for a convolution weight
     ``(out, in / groups, *kernel)`` both are multiplied by the kernel's size.
+
+    Args:
+        shape: the weight's shape.
+
+    Returns:
+        ``(fan_in, fan_out)``.
+
+    Raises:
+        ValueError: the shape has rank below 2 or a negative size.
     """
     shape = _shape(shape, "compute_fans")
     if len(shape) < 2:
@@ -71,7 +80,19 @@ def compute_fans(shape: int | Sequence[int]) -> tuple[int, int]:
 
 
 def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
-    """The recommended gain for a nonlinearity (``torch.nn.init.calculate_gain``)."""
+    """The recommended gain for a nonlinearity (``torch.nn.init.calculate_gain``).
+
+    Args:
+        nonlinearity: ``linear``, a ``conv*`` name, ``sigmoid``, ``tanh``, ``relu``,
+            ``leaky_relu`` or ``selu``.
+        param: the negative slope for ``leaky_relu`` (default 0.01).
+
+    Returns:
+        The gain, a float.
+
+    Raises:
+        ValueError: an unsupported nonlinearity, or a slope that is not a number.
+    """
     linear_like = (
         "linear",
         "conv1d",
@@ -102,7 +123,17 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
 
 
 def uniform(bound: float) -> Initializer:
-    """Samples from ``U(-bound, bound)``."""
+    """Samples from ``U(-bound, bound)``.
+
+    Args:
+        bound: the half-width, ``>= 0`` (0 gives zeros).
+
+    Returns:
+        An initialiser ``init(key, shape, dtype=torch.float32) -> Tensor``.
+
+    Raises:
+        ValueError: a negative bound.
+    """
     if not bound >= 0:
         raise ValueError(f"init.uniform: bound must be >= 0, got {bound}")
 
@@ -117,7 +148,18 @@ def uniform(bound: float) -> Initializer:
 
 
 def normal(std: float, mean: float = 0.0) -> Initializer:
-    """Samples from ``N(mean, std**2)``."""
+    """Samples from ``N(mean, std**2)``.
+
+    Args:
+        std: the standard deviation, ``>= 0``.
+        mean: the mean.
+
+    Returns:
+        An initialiser ``init(key, shape, dtype=torch.float32) -> Tensor``.
+
+    Raises:
+        ValueError: a negative ``std``.
+    """
     if not std >= 0:
         raise ValueError(f"init.normal: std must be >= 0, got {std}")
 
@@ -130,7 +172,14 @@ def normal(std: float, mean: float = 0.0) -> Initializer:
 
 
 def constant(value: float) -> Initializer:
-    """A tensor filled with ``value`` (the key is accepted and ignored)."""
+    """A tensor filled with ``value`` (the key is accepted and ignored, except for its device).
+
+    Args:
+        value: the fill value.
+
+    Returns:
+        An initialiser ``init(key, shape, dtype=torch.float32) -> Tensor``.
+    """
 
     def init(key, shape, dtype=torch.float32):
         shape = _shape(shape, "constant")
@@ -141,12 +190,20 @@ def constant(value: float) -> Initializer:
 
 
 def zeros() -> Initializer:
-    """Zeros (``torch.nn.init.zeros_``; BatchNorm's bias and running mean)."""
+    """Zeros (``torch.nn.init.zeros_``; BatchNorm's bias and running mean).
+
+    Returns:
+        An initialiser, :func:`constant` of 0.
+    """
     return constant(0.0)
 
 
 def ones() -> Initializer:
-    """Ones (``torch.nn.init.ones_``; BatchNorm's weight and running variance)."""
+    """Ones (``torch.nn.init.ones_``; BatchNorm's weight and running variance).
+
+    Returns:
+        An initialiser, :func:`constant` of 1.
+    """
     return constant(1.0)
 
 
@@ -159,74 +216,124 @@ def _fan(shape: tuple[int, ...], mode: str, fn: str) -> int:
     raise ValueError(f"init.{fn}: mode must be 'fan_in' or 'fan_out', got {mode!r}")
 
 
+def _fan_scaled(
+    fn: str, draw: Callable[[float], Initializer], scale: Callable[[tuple[int, ...]], float | None]
+) -> Initializer:
+    """An initialiser drawing from ``draw(scale(shape))``; an empty tensor when ``scale``
+    gives None (a weight with a zero fan, which torch leaves empty too)."""
+
+    def init(key, shape, dtype=torch.float32):
+        shape = _shape(shape, fn)
+        width = scale(shape)
+        if width is None:
+            return torch.empty(shape, dtype=dtype, device=_check_key(key, fn).device)
+        return draw(width)(key, shape, dtype)
+
+    return init
+
+
+def _check_mode(mode: str, fn: str) -> None:
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"init.{fn}: mode must be 'fan_in' or 'fan_out', got {mode!r}")
+
+
 def kaiming_uniform(
     a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu"
 ) -> Initializer:
     """He uniform (``torch.nn.init.kaiming_uniform_``): ``U(-b, b)``, ``b = gain*sqrt(3/fan)``.
 
     With ``a=math.sqrt(5)`` (what ``nn.Linear`` and ``nn.Conv1d`` use) ``b = 1/sqrt(fan_in)``.
+
+    Args:
+        a: the negative slope of the leaky ReLU that follows (for the gain).
+        mode: ``"fan_in"`` (keeps the forward pass's variance) or ``"fan_out"`` (the
+            backward pass's).
+        nonlinearity: the nonlinearity the gain is computed for (:func:`calculate_gain`).
+
+    Returns:
+        An initialiser ``init(key, shape, dtype)`` for weights of rank >= 2.
+
+    Raises:
+        ValueError: an unknown ``mode`` or ``nonlinearity``.
     """
-    if mode not in ("fan_in", "fan_out"):
-        raise ValueError(f"init.kaiming_uniform: mode must be 'fan_in' or 'fan_out', got {mode!r}")
+    _check_mode(mode, "kaiming_uniform")
     gain = calculate_gain(nonlinearity, a)
 
-    def init(key, shape, dtype=torch.float32):
-        shape = _shape(shape, "kaiming_uniform")
+    def bound(shape):
         fan = _fan(shape, mode, "kaiming_uniform")
-        if fan == 0:
-            return torch.empty(shape, dtype=dtype, device=_check_key(key, "kaiming_uniform").device)
-        return uniform(math.sqrt(3.0) * gain / math.sqrt(fan))(key, shape, dtype)
+        return math.sqrt(3.0) * gain / math.sqrt(fan) if fan else None
 
-    return init
+    return _fan_scaled("kaiming_uniform", uniform, bound)
 
 
 def kaiming_normal(
     a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu"
 ) -> Initializer:
-    """He normal (``torch.nn.init.kaiming_normal_``): ``N(0, (gain/sqrt(fan))**2)``."""
-    if mode not in ("fan_in", "fan_out"):
-        raise ValueError(f"init.kaiming_normal: mode must be 'fan_in' or 'fan_out', got {mode!r}")
+    """He normal (``torch.nn.init.kaiming_normal_``): ``N(0, (gain/sqrt(fan))**2)``.
+
+    Args:
+        a, mode, nonlinearity: as for :func:`kaiming_uniform`.
+
+    Returns:
+        An initialiser, as :func:`kaiming_uniform` returns (and raises).
+    """
+    _check_mode(mode, "kaiming_normal")
     gain = calculate_gain(nonlinearity, a)
 
-    def init(key, shape, dtype=torch.float32):
-        shape = _shape(shape, "kaiming_normal")
+    def std(shape):
         fan = _fan(shape, mode, "kaiming_normal")
-        if fan == 0:
-            return torch.empty(shape, dtype=dtype, device=_check_key(key, "kaiming_normal").device)
-        return normal(gain / math.sqrt(fan))(key, shape, dtype)
+        return gain / math.sqrt(fan) if fan else None
 
-    return init
+    return _fan_scaled("kaiming_normal", normal, std)
 
 
 def xavier_uniform(gain: float = 1.0) -> Initializer:
-    """Glorot uniform (``torch.nn.init.xavier_uniform_``): ``b = gain*sqrt(6/(fan_in+fan_out))``."""
+    """Glorot uniform (``torch.nn.init.xavier_uniform_``): ``b = gain*sqrt(6/(fan_in+fan_out))``.
 
-    def init(key, shape, dtype=torch.float32):
-        shape = _shape(shape, "xavier_uniform")
+    Args:
+        gain: the scale factor (see :func:`calculate_gain`).
+
+    Returns:
+        An initialiser ``init(key, shape, dtype)`` for weights of rank >= 2.
+    """
+
+    def bound(shape):
         fan_in, fan_out = compute_fans(shape)
-        if fan_in + fan_out == 0:
-            return torch.empty(shape, dtype=dtype, device=_check_key(key, "xavier_uniform").device)
-        return uniform(gain * math.sqrt(6.0 / (fan_in + fan_out)))(key, shape, dtype)
+        return gain * math.sqrt(6.0 / (fan_in + fan_out)) if fan_in + fan_out else None
 
-    return init
+    return _fan_scaled("xavier_uniform", uniform, bound)
 
 
 def xavier_normal(gain: float = 1.0) -> Initializer:
-    """Glorot normal (``torch.nn.init.xavier_normal_``): ``std = gain*sqrt(2/(fan_in+fan_out))``."""
+    """Glorot normal (``torch.nn.init.xavier_normal_``): ``std = gain*sqrt(2/(fan_in+fan_out))``.
 
-    def init(key, shape, dtype=torch.float32):
-        shape = _shape(shape, "xavier_normal")
+    Args:
+        gain: as for :func:`xavier_uniform`.
+
+    Returns:
+        An initialiser, as :func:`xavier_uniform` returns.
+    """
+
+    def std(shape):
         fan_in, fan_out = compute_fans(shape)
-        if fan_in + fan_out == 0:
-            return torch.empty(shape, dtype=dtype, device=_check_key(key, "xavier_normal").device)
-        return normal(gain * math.sqrt(2.0 / (fan_in + fan_out)))(key, shape, dtype)
+        return gain * math.sqrt(2.0 / (fan_in + fan_out)) if fan_in + fan_out else None
 
-    return init
+    return _fan_scaled("xavier_normal", normal, std)
 
 
 def bias_uniform(fan_in: int) -> Initializer:
     """torch's default bias init for linear and conv layers: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``
-    (zero-width, hence zeros, when ``fan_in`` is 0)."""
+    (zero-width, hence zeros, when ``fan_in`` is 0).
+
+    Args:
+        fan_in: the layer's fan-in (``in_features``, or ``in_channels // groups * kernel``).
+
+    Returns:
+        An initialiser, :func:`uniform` of that bound.
+
+    Raises:
+        ValueError: ``fan_in`` is not a non-negative int.
+    """
     if not isinstance(fan_in, int) or fan_in < 0:
         raise ValueError(f"init.bias_uniform: fan_in must be a non-negative int, got {fan_in!r}")
     return uniform(1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0)

@@ -1,4 +1,8 @@
-"""A fully connected layer, ``torch.nn.Linear`` as a pure :class:`~fctc.nn.core.Model`."""
+"""A fully connected layer, ``torch.nn.Linear`` as a pure :class:`~fctc.nn.core.Model`.
+
+Same parameters, initialisation and arithmetic (``F.linear``) as torch, so a ``Linear``'s
+``state_dict`` loads as the params.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +38,21 @@ def linear(
     when ``bias=False``); no state. The default initialisation is torch's: weight
     ``kaiming_uniform(a=sqrt(5))`` and bias ``U(+-1/sqrt(in_features))``; pass ``weight_init``
     / ``bias_init`` (see :mod:`fctc.nn.init`) to change it.
+
+    Args:
+        in_features: the size of ``x``'s last axis.
+        out_features: the output size.
+        bias: whether the layer has a bias.
+        dtype: the params' dtype.
+        weight_init: an initialiser for the weight.
+        bias_init: an initialiser for the bias.
+
+    Returns:
+        The layer as a :class:`Model`; its ``apply`` raises ``ValueError`` when ``x`` does not
+        end in ``in_features``.
+
+    Raises:
+        ValueError: a size that is not a positive int.
     """
     name = "linear"
     in_features = _positive_int(in_features, "in_features", name)

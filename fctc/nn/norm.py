@@ -23,6 +23,35 @@ def _check_eps(eps: object, layer: str) -> float:
     return float(eps)
 
 
+def _check_momentum(momentum: object, layer: str) -> float | None:
+    if momentum is not None and (
+        isinstance(momentum, bool)
+        or not isinstance(momentum, (int, float))
+        or not 0.0 <= momentum <= 1.0
+    ):
+        raise ValueError(f"{layer}: momentum must be a number in [0, 1] or None, got {momentum!r}")
+    return momentum
+
+
+def _train_statistics(x, state, weight, bias, momentum, eps):
+    """Normalise ``x`` with its batch statistics; returns ``(y, updated running state)``."""
+    count = state["num_batches_tracked"] + 1
+    if momentum is not None:
+        # F.batch_norm updates the running statistics in place: hand it fresh copies.
+        mean = state["running_mean"].clone()
+        var = state["running_var"].clone()
+        y = F.batch_norm(x, mean, var, weight, bias, True, momentum, eps)
+    else:
+        # momentum=1 turns the "running" copies into the batch mean and unbiased variance.
+        batch_mean = torch.zeros_like(state["running_mean"])
+        batch_var = torch.zeros_like(state["running_var"])
+        y = F.batch_norm(x, batch_mean, batch_var, weight, bias, True, 1.0, eps)
+        factor = 1.0 / count.to(batch_mean.dtype)
+        mean = (1.0 - factor) * state["running_mean"] + factor * batch_mean
+        var = (1.0 - factor) * state["running_var"] + factor * batch_var
+    return y, {"running_mean": mean, "running_var": var, "num_batches_tracked": count}
+
+
 def batch_norm(
     num_features: int,
     eps: float = 1e-5,
@@ -42,17 +71,29 @@ def batch_norm(
     ``num_batches_tracked`` batches); with ``train=False`` the running statistics are used and
     the state comes back unchanged. Without tracked statistics the batch statistics are always
     used and the state is ``{}``.
+
+    Args:
+        num_features: the channels ``C``.
+        eps: added to the variance before the square root.
+        momentum: the running statistics' update weight, or ``None`` for a cumulative
+            average.
+        affine: whether the layer has a learnt ``weight`` and ``bias``.
+        track_running_stats: whether it keeps running statistics in its state.
+        dtype: the dtype of the params and the floating state.
+
+    Returns:
+        The layer as a :class:`Model`; its ``apply`` raises ``ValueError`` for params or state
+        of the wrong shapes, or for ``x`` without ``C`` channels in dimension 1.
+
+    Raises:
+        ValueError: ``num_features`` is not a positive int, ``eps`` is negative, or
+            ``momentum`` is outside ``[0, 1]``.
     """
     name = "batch_norm"
     if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features <= 0:
         raise ValueError(f"{name}: num_features must be a positive int, got {num_features!r}")
     eps = _check_eps(eps, name)
-    if momentum is not None and (
-        isinstance(momentum, bool)
-        or not isinstance(momentum, (int, float))
-        or not 0.0 <= momentum <= 1.0
-    ):
-        raise ValueError(f"{name}: momentum must be a number in [0, 1] or None, got {momentum!r}")
+    momentum = _check_momentum(momentum, name)
     shape = (num_features,)
     expected_params = {"weight": shape, "bias": shape} if affine else {}
     expected_state = (
@@ -95,22 +136,7 @@ def batch_norm(
                 x, state["running_mean"], state["running_var"], weight, bias, False, 0.0, eps
             )
             return y, state
-        count = state["num_batches_tracked"] + 1
-        if momentum is not None:
-            # F.batch_norm updates the running statistics in place: hand it fresh copies.
-            mean = state["running_mean"].clone()
-            var = state["running_var"].clone()
-            y = F.batch_norm(x, mean, var, weight, bias, True, momentum, eps)
-        else:
-            # momentum=1 turns the "running" copies into the batch mean and unbiased variance.
-            batch_mean = torch.zeros_like(state["running_mean"])
-            batch_var = torch.zeros_like(state["running_var"])
-            y = F.batch_norm(x, batch_mean, batch_var, weight, bias, True, 1.0, eps)
-            factor = 1.0 / count.to(batch_mean.dtype)
-            mean = (1.0 - factor) * state["running_mean"] + factor * batch_mean
-            var = (1.0 - factor) * state["running_var"] + factor * batch_var
-        new_state = {"running_mean": mean, "running_var": var, "num_batches_tracked": count}
-        return y, new_state
+        return _train_statistics(x, state, weight, bias, momentum, eps)
 
     return Model(init, apply)
 
@@ -126,6 +152,20 @@ def layer_norm(
 
     Params (``elementwise_affine=True``): ``weight`` (ones) and, with ``bias=True``, ``bias``
     (zeros), both of shape ``normalized_shape``; no state.
+
+    Args:
+        normalized_shape: the trailing axes' sizes (an int for the last axis alone).
+        eps: added to the variance before the square root.
+        elementwise_affine: whether the layer has a learnt ``weight`` (and ``bias``).
+        bias: whether, with ``elementwise_affine``, it has a ``bias``.
+        dtype: the params' dtype.
+
+    Returns:
+        The layer as a :class:`Model`; its ``apply`` raises ``ValueError`` when ``x`` does not
+        end in ``normalized_shape``.
+
+    Raises:
+        ValueError: ``normalized_shape`` is not positive ints, or ``eps`` is negative.
     """
     name = "layer_norm"
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -42,6 +43,7 @@ def make_eval_step(
     reduction: str = "thunder",
     precision: str = "fp32",
     jit: bool = False,
+    decode: Callable[[torch.Tensor, torch.Tensor], list[str]] | None = None,
 ):
     """Build ``eval_step(params, model_state, batch) -> EvalOutput``.
 
@@ -49,7 +51,8 @@ def make_eval_step(
     loss with ``vocabulary.blank_idx``; transcripts are greedy CTC decodes; ``counts`` holds the
     character and word edit counts against the batch's targets, which add up across batches
     (``sum(outputs, ErrorCounts())``) into corpus-level CER/WER. With ``jit=True`` the forward
-    pass is compiled; decoding and scoring run on the host.
+    pass is compiled; decoding and scoring run on the host. ``decode(logits, lengths)``
+    replaces greedy decoding (e.g. a :class:`fctc.decode.BeamSearchDecoder`).
 
     Args:
       model: the model.
@@ -57,10 +60,12 @@ def make_eval_step(
       reduction: the CTC loss's reduction (:func:`fctc.losses.ctc_loss`).
       precision: "fp32", "bf16" or "fp16" (autocast).
       jit: compile the forward pass.
+      decode: ``decode(logits, lengths) -> list[str]`` (None: greedy CTC decoding).
 
     Returns:
       ``eval_step(params, model_state, batch) -> EvalOutput``.
     """
+    decode = decode or vocabulary.decode_prediction
     forward = backend.jit(_forward(model, precision), enabled=jit)
 
     def eval_step(params: Any, model_state: Any, batch: Any) -> EvalOutput:
@@ -69,7 +74,7 @@ def make_eval_step(
             logits, lengths, batch.targets, batch.target_lengths, vocabulary.blank_idx, reduction,
             check_feasible=False,
         )
-        hyps = vocabulary.decode_prediction(logits, lengths)
+        hyps = decode(logits, lengths)
         refs = vocabulary.decode_targets(batch.targets, batch.target_lengths)
         return EvalOutput(loss, hyps, refs, error_counts(hyps, refs))
 
@@ -85,8 +90,9 @@ def predict(
     lengths: torch.Tensor | None = None,
     *,
     precision: str = "fp32",
+    decode: Callable[[torch.Tensor, torch.Tensor], list[str]] | None = None,
 ) -> list[str]:
-    """Transcribe a batch with greedy CTC decoding, in eval mode.
+    """Transcribe a batch with greedy CTC decoding (or ``decode(logits, lengths)``), in eval mode.
 
     ``audio`` is what the model takes, batch first: raw audio ``(B, S)`` for a
     :func:`fctc.models.ctc_model` (one ``(S,)`` signal is accepted too). Without ``lengths``
@@ -113,4 +119,4 @@ def predict(
     if lengths is None:
         lengths = torch.full((audio.shape[0],), audio.shape[-1], dtype=torch.long, device=audio.device)
     logits, out_lengths = _forward(model, precision)(params, model_state, audio, lengths)
-    return vocabulary.decode_prediction(logits, out_lengths)
+    return (decode or vocabulary.decode_prediction)(logits, out_lengths)

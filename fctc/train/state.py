@@ -13,6 +13,7 @@ import torch
 
 from .. import random as _random
 from .. import tree as _tree
+from ..data.batch import Batch as Batch  # its home is fctc.data; kept here as fctc.train.Batch
 from ..nn.core import Model
 from ..optim.base import GradientTransformation
 from ..optim.loss_scale import DynamicLossScale, LossScaleState
@@ -43,16 +44,6 @@ class TrainState(NamedTuple):
     loss_scale: LossScaleState | None
     nonfinite_count: torch.Tensor
     nonfinite_total: torch.Tensor
-
-
-class Batch(NamedTuple):
-    """A padded batch for CTC training: audio ``(B, S)`` with sample ``audio_lengths`` and
-    targets ``(B, L)`` with ``target_lengths``."""
-
-    audio: torch.Tensor
-    audio_lengths: torch.Tensor
-    targets: torch.Tensor
-    target_lengths: torch.Tensor
 
 
 def init_train_state(

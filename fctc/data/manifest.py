@@ -1,0 +1,135 @@
+"""NeMo-style JSONL manifests: one :class:`Utterance` per line, read with errors that name the line.
+
+A line is ``{"audio_filepath": "clips/0001.flac", "duration": 1.52, "text": "turn on the
+lights"}``: ``audio_filepath`` absolute or relative to the manifest's directory, ``duration``
+in seconds, an optional ``offset`` (seconds) selecting a segment of a longer file. Other
+fields are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ManifestError", "Utterance", "read_manifest"]
+
+
+class ManifestError(ValueError):
+    """A manifest line that cannot be read; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One manifest entry.
+
+    Args:
+        audio_filepath: the absolute path of the audio file.
+        duration: seconds of audio (of the segment, when ``offset`` is set).
+        text: the transcript.
+        line: the 1-based manifest line it came from (0 when unknown), for error messages.
+        manifest: the manifest's path, for error messages.
+        offset: seconds into the file where the segment starts.
+    """
+
+    audio_filepath: Path
+    duration: float
+    text: str
+    line: int = 0
+    manifest: Path | None = None
+    offset: float = 0.0
+
+    @property
+    def where(self) -> str:
+        """The place a user should fix.
+
+        Returns:
+            ``manifest:line`` when the manifest is known, else the audio path.
+        """
+        if self.manifest is not None:
+            return f"{self.manifest}:{self.line}"
+        return str(self.audio_filepath)
+
+
+def _seconds(value: Any, field: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ManifestError(f"{where}: {field!r} must be a number of seconds, got {value!r}")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ManifestError(
+            f"{where}: {field!r} must be a number of seconds, got {value!r}"
+        ) from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ManifestError(f"{where}: {field!r} must be finite and >= 0, got {value!r}")
+    return seconds
+
+
+def _entry(line: str, where: str) -> dict:
+    """The JSON object on one manifest line, with its three required fields checked."""
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ManifestError(
+            f"{where}: not valid JSON ({e.msg} at column {e.colno}): {line[:80]!r}"
+        ) from None
+    if not isinstance(entry, dict):
+        raise ManifestError(
+            f"{where}: expected a JSON object, got {type(entry).__name__}: {line[:80]!r}"
+        )
+    missing = [k for k in ("audio_filepath", "duration", "text") if k not in entry]
+    if missing:
+        raise ManifestError(
+            f"{where}: missing field(s) {missing}; every line needs "
+            "'audio_filepath', 'duration' and 'text'"
+        )
+    audio = entry["audio_filepath"]
+    if not isinstance(audio, str) or not audio:
+        raise ManifestError(
+            f"{where}: 'audio_filepath' must be a non-empty string, got {audio!r}"
+        )
+    if not isinstance(entry["text"], str):
+        raise ManifestError(f"{where}: 'text' must be a string, got {entry['text']!r}")
+    return entry
+
+
+def read_manifest(path: str | Path) -> list[Utterance]:
+    """Read a NeMo-style JSONL manifest into :class:`Utterance` entries, in file order.
+
+    A broken manifest is fixed once, not skipped every run, so a malformed line is an error;
+    bad *utterances* in a well-formed manifest are the concern of
+    :class:`fctc.data.SpeechDataset`'s ``on_error`` policy.
+
+    Args:
+        path: the manifest. Each non-blank line must be a JSON object with ``audio_filepath``
+            (absolute, or relative to the manifest's directory), ``duration`` (seconds; a
+            number or a numeric string) and ``text`` (a string); ``offset`` is optional.
+
+    Returns:
+        The utterances, with absolute audio paths and their manifest line.
+
+    Raises:
+        FileNotFoundError: the manifest does not exist.
+        ManifestError: a line is malformed (the message names the file and line).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"read_manifest: manifest {str(path)!r} does not exist")
+    base = path.absolute().parent
+    out: list[Utterance] = []
+    with open(path, encoding="utf-8") as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            where = f"{path}:{number}"
+            entry = _entry(line, where)
+            duration = _seconds(entry["duration"], "duration", where)
+            offset = _seconds(entry.get("offset", 0.0) or 0.0, "offset", where)
+            audio_path = Path(entry["audio_filepath"]).expanduser()
+            if not audio_path.is_absolute():
+                audio_path = base / audio_path
+            out.append(Utterance(audio_path, duration, entry["text"], number, path, offset))
+    return out
