@@ -23,9 +23,11 @@ model selection sees an unseen flite speaker) and test holds ``awb``, a speaker 
 no flite voice in training has: the test split's flite part measures generalisation to an
 unseen voice of a synthesiser, reported apart from its espeak-ng part.
 
-Digit strings name zero "oh" or "zero" (one habit per utterance); strings of 5 to 7 digits are
-often spoken grouped like a phone number, with a pause ("five five five, one two oh seven"),
-while the transcript stays words and spaces. The audio is resampled to 16 kHz mono (espeak-ng
+Within a split, the commands and templates take turns like the voices do, so each is said
+about equally often and training says every one. Digit strings name zero "oh" or "zero" (one
+habit per utterance); strings of 5 to 7 digits are often spoken grouped like a phone number,
+with a pause ("five five five, one two oh seven"), while the transcript stays words and
+spaces. The audio is resampled to 16 kHz mono (espeak-ng
 speaks at 22050 Hz, flite at 16 kHz), its leading and trailing silence is trimmed, its peak
 level is drawn at random, and it is written as 16-bit FLAC.
 
@@ -173,11 +175,41 @@ def digit_string(rng: np.random.Generator, n: int) -> tuple[list[str], str]:
     return words, " ".join(words)
 
 
-def make_text(rng: np.random.Generator) -> tuple[str, str]:
+class Turns:
+    """Items that take turns, in a fresh random order every round, so that each comes up about
+    equally often (voices within a split, commands, templates).
+
+    Args:
+        items: what takes turns.
+    """
+
+    def __init__(self, items: tuple | list) -> None:
+        self.items = list(items)
+        self.count = 0
+
+    def next(self, rng: np.random.Generator):
+        """The next item, shuffling the items first at the start of every round.
+
+        Args:
+            rng: the split's generator.
+
+        Returns:
+            One of the items.
+        """
+        if self.count % len(self.items) == 0:
+            rng.shuffle(self.items)
+        item = self.items[self.count % len(self.items)]
+        self.count += 1
+        return item
+
+
+def make_text(rng: np.random.Generator, commands: Turns, templates: Turns) -> tuple[str, str]:
     """One random utterance: a digit string, a command, or a command with digits.
 
     Args:
-        rng: the plan's generator.
+        rng: the split's generator.
+        commands: :data:`COMMANDS` taking turns.
+        templates: :data:`TEMPLATES` taking turns.
 
     Returns:
         ``(text, spoken)``: the transcript (lower-case words and single spaces) and the text
@@ -186,12 +218,12 @@ def make_text(rng: np.random.Generator) -> tuple[str, str]:
     kinds = list(KIND_WEIGHTS)
     kind = kinds[rng.choice(len(kinds), p=list(KIND_WEIGHTS.values()))]
     if kind == "command":
-        text = COMMANDS[rng.integers(len(COMMANDS))]
+        text = commands.next(rng)
         return text, text
     if kind == "digits":
         words, spoken = digit_string(rng, int(rng.choice(DIGIT_COUNTS, p=DIGIT_COUNT_WEIGHTS)))
         return " ".join(words), spoken
-    template = TEMPLATES[rng.integers(len(TEMPLATES))]
+    template = templates.next(rng)
     field = template[template.index("{") + 1 : template.index("}")]
     n = {"d": 1, "n": int(rng.integers(2, 4)), "phone": int(rng.integers(3, 8))}[field]
     words, spoken = digit_string(rng, n)
@@ -238,8 +270,9 @@ def plan(seed: int, counts: dict[str, dict[str, int]]) -> list[dict]:
     """The whole corpus as utterance specs, drawn from ``seed`` alone.
 
     Each split draws from its own generator, so the validation and test utterances do not
-    depend on the size of the training split. Within a split and engine, voices take turns (in
-    a fresh random order every round), so each speaks about equally often.
+    depend on the size of the training split. Within a split, the voices of an engine, the
+    commands and the templates take turns (:class:`Turns`), so each comes up about equally
+    often (and training, with far more commands than :data:`COMMANDS`, holds every one).
 
     Args:
         seed: the corpus seed.
@@ -253,17 +286,13 @@ def plan(seed: int, counts: dict[str, dict[str, int]]) -> list[dict]:
     specs = []
     for k, split in enumerate(SPLITS):
         rng = np.random.default_rng([seed, 2, k])
-        pools = {e: list(voices[split][e]) for e in ENGINES}
-        turns = dict.fromkeys(ENGINES, 0)
+        turns = {e: Turns(voices[split][e]) for e in ENGINES}
+        commands, templates = Turns(COMMANDS), Turns(TEMPLATES)
         for i, engine in enumerate(engine_order(rng, counts[split])):
-            pool = pools[engine]
-            if turns[engine] % len(pool) == 0:
-                rng.shuffle(pool)
-            voice = pool[turns[engine] % len(pool)]
-            turns[engine] += 1
+            voice = turns[engine].next(rng)
             rate, pitch = draw_controls(rng, engine, voice)
             peak = float(rng.uniform(*PEAK_RANGE))
-            text, spoken = make_text(rng)
+            text, spoken = make_text(rng, commands, templates)
             specs.append({
                 "split": split, "name": f"{split}/{i:04d}.flac", "engine": engine,
                 "voice": voice, "rate": rate, "pitch": pitch, "peak": peak, "text": text,

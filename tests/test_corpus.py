@@ -8,6 +8,7 @@ import shutil
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -147,9 +148,28 @@ def test_texts_cover_digit_strings_commands_and_commands_with_digits(records, ma
     words = [w for t in texts for w in t.split()]
     assert "oh" in words and "zero" in words
     assert not any({"oh", "zero"} <= set(t.split()) for t in texts)  # one habit per string
-    assert sum(t in make_corpus.COMMANDS for t in texts) >= 100
     heads = {t.split()[0] for t in texts if set(t.split()[1:]) <= digit_words}
     assert {"dial", "call", "room", "channel"} <= heads
+    for split, rs in records.items():  # commands take turns: each said about equally often
+        said = [r["text"] for r in rs if r["text"] in make_corpus.COMMANDS]
+        times = [said.count(c) for c in make_corpus.COMMANDS]
+        assert max(times) - min(times) <= 1, split
+        assert min(times) >= (5 if split == "train" else 0), split
+
+
+def test_training_hears_every_word_of_validation_and_test(records):
+    """A lexicon of the training transcripts covers the evaluation splits."""
+    heard = {w for r in records["train"] for w in r["text"].split()}
+    for split in ("validation", "test"):
+        assert {w for r in records[split] for w in r["text"].split()} <= heard, split
+
+
+def test_turns_come_up_equally_often_in_a_fresh_order_each_round(make_corpus):
+    rng = np.random.default_rng(0)
+    turns = make_corpus.Turns(("a", "b", "c"))
+    rounds = [[turns.next(rng) for _ in range(3)] for _ in range(20)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1
 
 
 def test_total_size_within_budget():

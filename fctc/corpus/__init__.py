@@ -1,7 +1,7 @@
 """fctc's bundled spoken corpus: English digit strings and short commands, spoken by two speech
 synthesisers, espeak-ng and flite.
 
-1390 short utterances (about 25 minutes of 16 kHz mono 16-bit FLAC, 26 MB) such as "five five
+1390 short utterances (about 24 minutes of 16 kHz mono 16-bit FLAC, 26 MB) such as "five five
 five one two oh seven", "turn on the lights" or "dial nine one one": digit strings of 1 to 7
 digits (zero said "oh" or "zero"), commands, and commands with digits, each spoken at a random
 rate and pitch by one voice of one engine (:data:`ENGINES`):
@@ -16,8 +16,8 @@ The splits share no voice, so every validation and test voice is one that traini
 
     split        espeak-ng                              flite
     train        580 utterances, 144 voices, 10.0 min   420 utterances, kal16 + slt, 7.6 min
-    validation    80 utterances,  24 voices,  1.3 min    60 utterances, rms, 1.3 min
-    test         150 utterances,  24 voices,  2.5 min   100 utterances, awb, 1.9 min
+    validation    80 utterances,  24 voices,  1.2 min    60 utterances, rms, 1.2 min
+    test         150 utterances,  24 voices,  2.5 min   100 utterances, awb, 1.8 min
 
 The test split's two parts measure different things: its espeak-ng part, new combinations of
 accents and variants that training hears; its flite part, generalisation to a new speaker of
@@ -28,9 +28,10 @@ The manifests are NeMo-style JSONL (``audio_filepath`` relative to the manifest,
 ``text``) with the ``engine`` and ``voice`` that spoke each utterance and the ``rate`` and
 ``pitch`` they were given, in the engine's own units (espeak-ng: words per minute and its 0-99
 pitch; flite: the duration stretch, above 1 slower, and the F0 factor). Texts use only
-:data:`CHARACTERS` (lower-case a-z and the space). ``scripts/make_corpus.py`` regenerates
-everything byte for byte from a seed; ``provenance.json`` records the seed, the counts and the
-tool versions the bytes depend on.
+:data:`CHARACTERS` (lower-case a-z and the space), and every word of the validation and test
+transcripts occurs in training's, so a lexicon of the training texts covers them.
+``scripts/make_corpus.py`` regenerates everything byte for byte from a seed;
+``provenance.json`` records the seed, the counts and the tool versions the bytes depend on.
 """
 
 from __future__ import annotations
