@@ -499,6 +499,8 @@ def report(specs: list[dict], made: list[tuple[dict, int]]) -> str:
         for engine in ENGINES:
             got = [(s, r, n) for s, (r, n) in zip(specs, made)
                    if s["split"] == split and s["engine"] == engine]  # fmt: skip
+            if not got:
+                continue
             seconds = [r["duration"] for _, r, _ in got]
             voices = len({s["voice"] for s, _, _ in got})
             rows.append(

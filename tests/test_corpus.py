@@ -280,3 +280,22 @@ def test_package_data_ships_every_corpus_file():
     shipped = {p for pattern in patterns for p in CORPUS.glob(pattern)}
     data = {p for p in CORPUS.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")}
     assert data == shipped
+
+
+@pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("flite")),
+                    reason="espeak-ng or flite not installed")  # fmt: skip
+def test_main_writes_a_small_corpus_with_its_report(make_corpus, tmp_path, capsys):
+    counts = ["train:espeak-ng=2", "train:flite=2", "validation:espeak-ng=1",
+              "validation:flite=0", "test:espeak-ng=1", "test:flite=1"]  # fmt: skip
+    make_corpus.main(["--out", str(tmp_path), "--counts", *counts, "--max-mb", "1"])
+    printed = capsys.readouterr().out
+    assert "total: 7 utterances" in printed
+    assert "validation      flite" not in printed  # a split and engine without utterances
+    plan = make_corpus.plan(0, make_corpus.parse_counts(counts))
+    for split in SPLITS:
+        rs = [json.loads(x) for x in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
+        assert [r["audio_filepath"] for r in rs] == [p["name"] for p in plan if p["split"] == split]
+        assert all((tmp_path / r["audio_filepath"]).is_file() for r in rs)
+    assert json.loads((tmp_path / "provenance.json").read_text())["counts"]["train"]["flite"] == 2
+    with pytest.raises(SystemExit, match="over --max-mb"):
+        make_corpus.main(["--out", str(tmp_path), "--counts", *counts, "--max-mb", "0.001"])
