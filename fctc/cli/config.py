@@ -1,11 +1,11 @@
 """Run configurations: the default recipe (``fctc/configs/default.yaml``) merged with a user's file.
 
 A configuration is a nested dict of plain values (JSON- and YAML-serialisable, so it travels
-inside checkpoints). The default file is also the schema: every key a user may set appears in
-it, and a key it does not list is an error that names the key and the keys allowed there.
-Sections that are keyword arguments of a function (the encoder, the front end, SpecAugment)
-are replaced whole rather than merged; their keys are checked against the function when the
-model is built.
+inside checkpoints). The default file lists every key a user may set, and a key it does not
+list is an error that names the key (with its ``file:line``) and the keys allowed there; the
+values are checked against :data:`fctc.cli.schema.RULES`. Sections that are keyword arguments
+of a function (the encoder, the front end, SpecAugment) are replaced whole rather than merged;
+their keys are checked against the function when the model is built.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
+from .schema import validate_config
+
 __all__ = [
     "ConfigError",
     "REPLACED_WHOLE",
@@ -25,16 +28,13 @@ __all__ = [
     "load_config",
     "merge_config",
     "dump_config",
+    "key_lines",
 ]
 
 REPLACED_WHOLE = frozenset(
     {"model.encoder", "model.front_end", "model.spec_augment", "model.warp"}
 )
 """Dotted paths of the sections a user's value replaces instead of being merged into."""
-
-
-class ConfigError(ValueError):
-    """A configuration file or value that cannot be used; the message names the bad key."""
 
 
 def default_config() -> dict[str, Any]:
@@ -69,7 +69,7 @@ def merge_config(base: dict[str, Any], override: dict[str, Any], where: str = ""
     if not isinstance(override, dict):
         raise ConfigError(
             f"config{' section ' + repr(where) if where else ''} must be a mapping of keys to "
-            f"values, got {type(override).__name__}: {override!r}"
+            f"values, got {type(override).__name__}: {override!r}", key=where or None
         )
     out = copy.deepcopy(base)
     unknown = sorted(str(k) for k in override if k not in base)
@@ -77,14 +77,15 @@ def merge_config(base: dict[str, Any], override: dict[str, Any], where: str = ""
         place = f"in section {where!r}" if where else "at the top level"
         raise ConfigError(
             f"unknown config key{'s' if len(unknown) > 1 else ''} {unknown} {place}; "
-            f"allowed: {sorted(base)}"
+            f"allowed: {sorted(base)}", key=f"{where}.{unknown[0]}" if where else unknown[0]
         )
     for key, value in override.items():
         path = f"{where}.{key}" if where else key
         default = base[key]
         if path in REPLACED_WHOLE:
             if value is not None and not isinstance(value, dict):
-                raise ConfigError(f"config key {path!r} must be a mapping or null, got {value!r}")
+                raise ConfigError(f"config key {path!r} must be a mapping or null, got {value!r}",
+                                  key=path)
             out[key] = copy.deepcopy(value)
         elif isinstance(default, dict):
             out[key] = merge_config(default, value, path)
