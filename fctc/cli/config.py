@@ -94,35 +94,73 @@ def merge_config(base: dict[str, Any], override: dict[str, Any], where: str = ""
     return out
 
 
+def key_lines(text: str, source: str) -> dict[str, str]:
+    """Where each key of a YAML document is set: dotted key -> ``"source:line"``.
+
+    Args:
+        text: the YAML document.
+        source: its name in the result (the file's path).
+
+    Returns:
+        The 1-based line of every key of every nested mapping; empty when the document is
+        not a mapping.
+    """
+    lines: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            lines[key] = f"{source}:{key_node.start_mark.line + 1}"
+            walk(value_node, key + ".")
+
+    walk(yaml.compose(text, Loader=yaml.SafeLoader), "")
+    return lines
+
+
+def _read_yaml(path: Path) -> tuple[Any, dict[str, str]]:
+    """The YAML document of a config file and the lines of its keys."""
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file {path} {what}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        return yaml.safe_load(text), key_lines(text, str(path))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}: not valid YAML ({problem}); check the indentation and "
+                          "the `key: value` pairs there") from None
+
+
 def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The default recipe, with the YAML file at ``path`` (if any) merged over it.
+    """The default recipe, with the YAML file at ``path`` (if any) merged over it, validated.
 
     Args:
         path: a YAML file of overrides, or None for the defaults alone.
 
     Returns:
-        The merged configuration.
+        The merged configuration, its values checked (:func:`fctc.cli.schema.validate_config`).
 
     Raises:
-        ConfigError: the file is missing or not valid YAML, or a key in it is unknown (the
-            message starts with the file's path).
+        ConfigError: the file is missing or not valid YAML, a key in it is unknown, or a value
+            is out of its range (the message starts with ``file:line``).
     """
     config = default_config()
     if path is None:
-        return config
+        return validate_config(config)
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        user = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    user, lines = _read_yaml(path)
     if user is None:
-        return config
+        return validate_config(config)
     try:
-        return merge_config(config, user)
+        config = merge_config(config, user)
     except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
+        where = lines.get(e.key or "", str(path))
+        raise ConfigError(f"{where}: {e}", key=e.key) from None
+    return validate_config(config, lines)
 
 
 def dump_config(config: dict[str, Any], path: str | os.PathLike) -> None:

@@ -380,11 +380,15 @@ class Trainer:
         if self.validated_step != self.step:
             self._validate_and_save()
 
+    def _row_epoch(self) -> int:
+        """The epoch of the last step's batch (the position may already be the next epoch's)."""
+        return self.epoch if self.batch_index > 0 or self.step == 0 else self.epoch - 1
+
     def _log_row(self) -> None:
         check_nonfinite(self.state, int(self.config["training"]["max_nonfinite"]))
         values = self.window.row()
         row = {
-            "step": self.step, "epoch": self.epoch, "kind": "train",
+            "step": self.step, "epoch": self._row_epoch(), "kind": "train",
             "elapsed_s": round(self.elapsed, 3),
             "loss": values["loss"],
             "grad_norm": values["grad_norm"],
@@ -402,7 +406,7 @@ class Trainer:
             return
         val = self.validate()
         if val is not None:
-            self.metrics.append({"step": self.step, "epoch": self.epoch, "kind": "validation",
+            self.metrics.append({"step": self.step, "epoch": self._row_epoch(), "kind": "validation",
                                  "elapsed_s": round(self.elapsed, 3), **val})
             self.log(f"step {self.step}: validation loss {val['val_loss']:.4f}, "
                      f"CER {100 * val['val_cer']:.2f}%, WER {100 * val['val_wer']:.2f}%")
