@@ -362,19 +362,28 @@ class Trainer:
         self.window.add(m["loss"], m["grad_norm"], utterances)
         self.elapsed = self._elapsed0 + time.perf_counter() - self._t_run
 
+    def _last_step(self) -> bool:
+        """Whether the step just taken ends the run."""
+        if self.epochs is None:
+            return self.step >= self.total_steps
+        return self.epoch == self.epochs - 1 and self.batch_index >= len(self.data.plan(self.epoch))
+
     def _after_step(self) -> None:
-        """Log, validate and save as the step count says."""
+        """Log, validate and save as the step count says (the last step does all three)."""
         cfg = self.config["training"]
-        if self.step % int(cfg["log_every"]) == 0:
+        last = self._last_step()
+        if self.step % int(cfg["log_every"]) == 0 or last:
             self._log_row()
         self.bar.update(self.step)
-        if self.step % int(cfg["eval_every"]) == 0:
+        if self.step % int(cfg["eval_every"]) == 0 or last:
             self._validate_and_save()
         elif self.step % int(cfg["checkpoint_every"]) == 0 and self.writes:
             self.save_last()
 
     def _complete(self) -> None:
-        """The run's last row and validation, unless its last step already had them."""
+        """The run's last row and validation, unless its last step already had them (it has
+        not when the run was interrupted right after it, or when the last batches of an epoch
+        run could not be loaded)."""
         if len(self.window):
             self._log_row()
         if self.validated_step != self.step:
