@@ -476,6 +476,21 @@ def test_metrics_log_plot_and_history(tmp_path):
     assert isinstance(cli_logs.tensorboard_available(), bool)
 
 
+def test_log_window_survives_a_checkpoint_exactly():
+    """The window's float32 values go through JSON unchanged, so a resumed row is the same."""
+    values = torch.randn(5, generator=torch.Generator().manual_seed(0))
+    window = cli_logs.LogWindow()
+    for i, v in enumerate(values):
+        window.add(v, v.abs(), 3 + i)
+    window.add(torch.tensor(float("nan")), torch.tensor(float("nan")), 1)
+    restored = cli_logs.LogWindow.from_dict(json.loads(json.dumps(window.to_dict())))
+    assert len(restored) == 6 and restored.utterances == window.utterances == 26
+    a, b = window.row(), restored.row()
+    assert (a["loss"], a["grad_norm"]) == (b["loss"], b["grad_norm"])
+    assert a["loss"] == float(values.mean()) and len(window) == 0
+    assert len(cli_logs.LogWindow.from_dict(None)) == 0
+
+
 def test_checkpoint_folders_swap_whole_and_resolve(tmp_path):
     params, state = {"w": torch.ones(2)}, {"b": torch.zeros(1)}
     folder = save_checkpoint_dir(tmp_path / "run" / "last", params, state, {"x": 1}, params, {})

@@ -93,3 +93,44 @@ def test_rank_zero_alone_writes(runs):
     assert resumed.stderr.count("resuming at step 10") == 1
     assert first.stdout == resumed.stdout == ""  # no test split: no result line
     assert (root / "dp" / "best" / "model.safetensors").is_file()
+
+
+def test_shards_are_the_micro_batches_of_one_process():
+    """Rank r's rows are make_train_step's micro-batch r; the weights are the shares."""
+    from fctc.cli.parallel import DataParallel, World
+    from fctc.data import Batch
+    from fctc.train.step import _micro_batches
+
+    for size in range(1, 8):
+        batch = Batch(torch.arange(size * 3.0).reshape(size, 3), torch.full((size,), 3),
+                      torch.arange(size).reshape(size, 1), torch.ones(size, dtype=torch.int64))
+        for world in (2, 3):
+            shards = [DataParallel(World(r, world), torch.device("cpu")).shard(batch)
+                      for r in range(world)]
+            assert sum(w for _, w in shards) == pytest.approx(1.0)
+            if size >= world:
+                for (sharded, weight), (micro, micro_weight) in zip(shards, _micro_batches(batch, world)):
+                    assert torch.equal(sharded.batch.audio, micro.audio)
+                    assert weight == pytest.approx(micro_weight)
+                    assert torch.allclose(sharded.scale, torch.tensor(world * weight))
+            for sharded, weight in shards:
+                if weight == 0:  # no rows of its own: a copy of row 0 that weighs nothing
+                    assert torch.equal(sharded.batch.audio, batch.audio[:1])
+                    assert torch.equal(sharded.scale, torch.zeros(1))
+
+
+def test_alone_the_sync_and_the_all_reduce_change_nothing():
+    from fctc import optim
+    from fctc.cli.parallel import DataParallel, World, init_world
+
+    assert init_world() == World()  # no torchrun environment here
+    parallel = DataParallel(World(0, 2), torch.device("cpu"))
+    state = {"running_mean": torch.tensor([1.0, 2.0]), "num_batches_tracked": torch.tensor(3)}
+    metrics = {"loss": torch.tensor(2.0), "grad_norm": torch.tensor(0.5)}
+    synced, m, stop = parallel.sync(state, metrics, 1.0, True)
+    assert torch.equal(synced["running_mean"], state["running_mean"]) and stop is True
+    assert synced["num_batches_tracked"].dtype == torch.int64 and float(m["loss"]) == 2.0
+    tx = parallel.transformation(optim.sgd(0.1))
+    params = {"w": torch.ones(2)}
+    updates, _ = tx.update({"w": torch.ones(2)}, tx.init(params), params)
+    assert torch.allclose(updates["w"], torch.full((2,), -0.1))

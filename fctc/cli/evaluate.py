@@ -12,6 +12,7 @@ a perfect score on nothing.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -89,7 +90,7 @@ def _batch_rows(dataset: Any, plan: list[int], scored: dict[str, Any]) -> list[d
         rows.append({"index": i, "counts": c,
                      "audio_filepath": str(dataset.utterances[i].audio_filepath),
                      "reference": ref, "prediction": hyp, "cer": c.cer, "wer": c.wer,
-                     "loss": loss if ok else None})
+                     "loss": loss if ok and math.isfinite(loss) else None})
     return rows
 
 
@@ -138,8 +139,9 @@ def evaluate_dataset(
     Returns:
         ``{"cer", "wer", "loss", "n", "loss_excluded", "skipped", "skipped_reasons",
         "char_edits", "chars", "word_edits", "words"}``: ``loss`` is the mean over the
-        utterances whose transcript fits their frames (``loss_excluded`` counts the others);
-        ``cer``, ``wer`` and ``loss`` are None when nothing was scored.
+        utterances whose transcript fits their frames (``loss_excluded`` counts the others,
+        and any whose loss is not finite, as a diverged model gives); ``cer``, ``wer`` and
+        ``loss`` are None when nothing was scored, so the result is valid JSON.
     """
     plans = _data.bucket_batches(dataset.durations, batch_size=batch_size,
                                  max_batch_seconds=max_batch_seconds, shuffle=False)

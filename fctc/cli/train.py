@@ -417,7 +417,8 @@ class Trainer:
         if val is not None:
             self.metrics.append({"step": self.step, "epoch": self._row_epoch(), "kind": "validation",
                                  "elapsed_s": round(self.elapsed, 3), **val})
-            self.log(f"step {self.step}: validation loss {val['val_loss']:.4f}, "
+            loss = "none finite" if val["val_loss"] is None else f"{val['val_loss']:.4f}"
+            self.log(f"step {self.step}: validation loss {loss}, "
                      f"CER {100 * val['val_cer']:.2f}%, WER {100 * val['val_wer']:.2f}%")
             if val["val_cer"] < self.best_cer:
                 self.best_cer = val["val_cer"]
