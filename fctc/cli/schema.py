@@ -159,7 +159,6 @@ RULES: dict[str, Rule] = {
     "training.epochs": _COUNT,
     "training.max_steps": _integer(1, nullable=True),
     "training.accumulate_batches": _COUNT,
-    "training.micro_batches": _COUNT,
     "training.precision": _choice("fp32", "bf16", "fp16"),
     "training.jit": _boolean(),
     "training.donate": _boolean(),

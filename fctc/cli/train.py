@@ -35,6 +35,7 @@ import torch
 
 from .. import checkpoint as _ckpt
 from .. import distributed as _dist
+from .. import optim
 from .. import random as _random
 from .. import tree as _tree
 from ..text import Vocabulary
@@ -151,7 +152,6 @@ class Trainer:
         self.model = build_model(config["model"], self.vocabulary)
         train_model = build_model(config["model"], self.vocabulary, self.cache_features)
         tx, self.schedule = build_optimizer(config, total_updates(self.total_steps, accumulate))
-        self.accumulate = accumulate
         self.parallel = DataParallel(self.world, self.device) if self.world.size > 1 else None
         loss_fn = None
         if self.parallel is not None:
@@ -159,7 +159,7 @@ class Trainer:
             loss_fn = self.parallel.loss_fn(ctc_loss_fn(train_model, self.vocabulary.blank_idx))
         self.step_fn = make_train_step(
             train_model, tx, loss_fn, blank=self.vocabulary.blank_idx,
-            accum_steps=train_cfg["micro_batches"], precision=train_cfg["precision"],
+            precision=train_cfg["precision"],
             jit=bool(train_cfg["jit"]), donate=bool(train_cfg["donate"]),
         )
         self.eval_step = Scorer(self.model, self.vocabulary, precision=train_cfg["precision"],
@@ -279,8 +279,9 @@ class Trainer:
             raise nothing_usable("validation", self.data.val_path, self.data.val_set)
         return {"val_loss": result["loss"], "val_cer": result["cer"], "val_wer": result["wer"]}
 
-    def _lr(self, step: int) -> float:
-        return float(self.schedule(torch.tensor(step // self.accumulate)))
+    def _lr(self) -> float:
+        """The learning rate of the last update, as the optimiser state holds it."""
+        return float(optim.find_hyperparams(self.state.opt_state)["learning_rate"])
 
     def _done(self) -> bool:
         if self.epochs is None:
@@ -401,7 +402,7 @@ class Trainer:
             "elapsed_s": round(self.elapsed, 3),
             "loss": values["loss"],
             "grad_norm": values["grad_norm"],
-            "lr": self._lr(self.step - 1),
+            "lr": self._lr(),
             "utterances_per_s": values["utterances_per_s"],
             "nonfinite": int(self.state.nonfinite_total),
         }
