@@ -164,10 +164,19 @@ def load_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
 
 
 def dump_config(config: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``config`` as YAML (keys in the default file's order).
+    """Write ``config`` as YAML (keys in the default file's order), atomically.
+
+    The text goes to a temporary file renamed over ``path``, so a process killed while
+    writing leaves the previous file whole (``--resume`` compares it with the checkpoint's).
 
     Args:
         config: the configuration.
         path: the file to write (replaced if it exists).
     """
-    Path(path).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    path = Path(path)
+    text = yaml.safe_dump(config, sort_keys=False)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -139,7 +139,7 @@ class Trainer:
         history = self._init_state(resume)
         if self.cache_features:
             self.data.cache_features(config["model"], self.state.model_state["audio_transform"])
-        self.metrics = self._open_outputs(history) if self.writes else None
+        self.metrics = self._open_outputs(history, resume is None) if self.writes else None
 
     def _build_steps(self) -> None:
         """The run's length, model, optimiser and step functions."""
@@ -188,10 +188,12 @@ class Trainer:
         self.validated_step = int(meta.get("validated_step", self.step))
         return history
 
-    def _open_outputs(self, history: list[dict[str, Any]]) -> MetricsLog:
-        """The run folder's config, lexicon, LM and metrics log (rank 0)."""
+    def _open_outputs(self, history: list[dict[str, Any]], fresh: bool) -> MetricsLog:
+        """The run folder's config, lexicon, LM and metrics log (rank 0). A resumed run's
+        ``config.yaml`` is rewritten with its next checkpoint, so the two always agree."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(self.config, self.out_dir / "config.yaml")
+        if fresh:
+            dump_config(self.config, self.out_dir / "config.yaml")
         write_decoding_files(self.out_dir, [u.text for u in self.data.train_utts], self.vocabulary,
                              self.config)
         return MetricsLog(self.out_dir, history)
@@ -228,11 +230,12 @@ class Trainer:
             "window": self.window.to_dict(),
             "validated_step": self.validated_step,
         }
-        dump_config(self.config, self.out_dir / "config.yaml")
-        return save_checkpoint_dir(
+        path = save_checkpoint_dir(
             self.out_dir / "last", self.state.params, self.state.model_state,
             self._model_metadata(), self.state, meta,
         )
+        dump_config(self.config, self.out_dir / "config.yaml")  # what the checkpoint holds
+        return path
 
     def save_best(self) -> Path:
         """Save the model alone to ``best/`` (the lowest validation CER so far).
