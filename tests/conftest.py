@@ -49,18 +49,27 @@ def tiny_config(tmp_path_factory):
     return write_config(tmp_path_factory.mktemp("cfg") / "tiny.yaml", TINY)
 
 
+class RunOutput(tuple):
+    """``(run folder, exit status, stdout)`` of a run, with what it logged as ``.stderr``."""
+
+    stderr: str = ""
+
+
 @pytest.fixture(scope="session")
 def straight_run(tmp_path_factory, tiny_config):
-    """A complete tiny run, shared by the CLI tests: ``(run folder, exit status, stdout)``."""
+    """A complete tiny run, shared by the CLI tests: ``(run folder, exit status, stdout)``,
+    and its log (stderr) as ``straight_run.stderr``."""
     import io
-    from contextlib import redirect_stdout
+    from contextlib import redirect_stderr, redirect_stdout
 
     from fctc.cli import main
 
     out = tmp_path_factory.mktemp("runs") / "straight"
-    buf = io.StringIO()
+    buf, err = io.StringIO(), io.StringIO()
     threads = torch.get_num_threads()
-    with redirect_stdout(buf):
+    with redirect_stdout(buf), redirect_stderr(err):
         rc = main(["train", "--config", str(tiny_config), "--out", str(out), "--no-progress"])
     torch.set_num_threads(threads)
-    return out, rc, buf.getvalue()
+    run = RunOutput((out, rc, buf.getvalue()))
+    run.stderr = err.getvalue()
+    return run

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-seconds", type=float, default=64.0, metavar="S",
                    help="audio seconds per batch (default 64)")
     e.add_argument("--device", default="auto", metavar="{cpu,cuda,auto}")
+    e.add_argument("--group-by", default="auto", metavar="FIELD",
+                   help="score each value of this manifest field apart too (default: engine, "
+                   "when the manifest names one); none: overall scores only")
     add_decoder_flags(e)
 
     r = sub.add_parser("transcribe", help="print one transcript per audio file",
@@ -151,6 +154,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _train_run(args: argparse.Namespace, world) -> int:
+    from .evaluate import group_lines
     from .lock import RunLock
     from .run_folder import check_new_run
     from .train import INTERRUPTED_EXIT, Trainer, resolve_device
@@ -180,6 +184,8 @@ def _train_run(args: argparse.Namespace, world) -> int:
     _log(f"test: CER {100 * result['cer']:.2f}%, WER {100 * result['wer']:.2f}% on "
          f"{result['n']} utterances (best checkpoint, step {result['step']}); "
          f"saved {out / 'test_results.json'}")
+    for line in group_lines(result, "test"):
+        _log(line)
     return 0
 
 
@@ -191,7 +197,7 @@ def _fail(command: str, message: str) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from ..inference import load
     from .decoding import build_decoder
-    from .evaluate import evaluate_manifest
+    from .evaluate import evaluate_manifest, group_lines
     from .run_folder import check_output_file
     from .train import resolve_device
 
@@ -205,9 +211,13 @@ def _eval(args: argparse.Namespace) -> int:
         check_output_file(Path(args.output), "--output")
     recognizer = load(args.checkpoint, resolve_device(args.device))
     decoder = build_decoder(recognizer, args, _log)
+    group_by = None if args.group_by == "none" else args.group_by
     result = evaluate_manifest(recognizer, manifest, output=args.output,
-                               max_batch_seconds=args.batch_seconds, decoder=decoder)
+                               max_batch_seconds=args.batch_seconds, decoder=decoder,
+                               group_by=group_by)
     print(json.dumps(result, allow_nan=False), flush=True)
+    for line in group_lines(result, "eval"):
+        _log(line)
     if not result["n"]:
         summary = _data.skip_summary(result["skipped_reasons"])
         return _fail("eval", f"no usable utterance in {manifest} ({summary}); nothing was "

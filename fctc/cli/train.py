@@ -436,8 +436,10 @@ class Trainer:
         """Plot the curves and evaluate the best checkpoint on the test split (saved as JSON).
 
         Returns:
-            The test result (``n`` 0 and null scores when no test utterance could be
-            decoded), or None without a test split or on a rank other than 0.
+            The test result, overall and per voice group (``groups``, when the test manifest
+            names an ``engine``; see :func:`fctc.cli.evaluate.evaluate_dataset`), with ``n`` 0
+            and null scores when no test utterance could be decoded; or None without a test
+            split or on a rank other than 0.
         """
         if not self.writes:
             return None
