@@ -16,9 +16,11 @@ from .routing import resolve_labels as resolve_labels
 
 from .state import Batch as Batch
 from .state import NonFiniteLossError as NonFiniteLossError
+from .state import Observations as Observations
 from .state import TrainState as TrainState
 from .state import check_nonfinite as check_nonfinite
 from .state import init_train_state as init_train_state
+from .state import observe as observe
 
 from .step import PRECISIONS as PRECISIONS
 from .step import TrainStep as TrainStep

@@ -23,7 +23,7 @@ from ..nn.core import Model
 from ..optim.base import GradientTransformation, update_and_apply
 from ..optim.loss_scale import DynamicLossScale, dynamic_loss_scale
 from .routing import Labels, group_params, merge_groups
-from .state import TrainState, init_train_state
+from .state import TrainState, init_train_state, observe
 
 __all__ = ["ctc_loss_fn", "make_train_step", "TrainStep", "PRECISIONS", "autocast"]
 
@@ -110,6 +110,11 @@ def _wrote_in_place(new: Any, old: Any) -> bool:
     return any(x is y for x, y in zip(_tree.leaves(new), _tree.leaves(old)))
 
 
+def _extra_args(state: TrainState) -> dict[str, torch.Tensor]:
+    """The extra arguments every update gets: the loop's :class:`~fctc.train.Observations`."""
+    return {} if state.observed is None else state.observed.as_extra_args()
+
+
 class TrainStep:
     """The pure train step built by :func:`make_train_step`; call it as ``step(state, batch)``.
 
@@ -159,6 +164,19 @@ class TrainStep:
             loss_scale=self.loss_scale,
             **kwargs,
         )
+
+    def observe(self, state: TrainState, value: Any = None, *, epoch: int | None = None) -> TrainState:
+        """Tell the optimiser a monitored metric and/or the epoch (:func:`fctc.train.observe`).
+
+        Args:
+          state: the train state.
+          value: the monitored metric (e.g. the validation loss), or None.
+          epoch: the epoch now starting, or None.
+
+        Returns:
+          The new state (pure; the next step's updates see the observations).
+        """
+        return observe(state, value, epoch=epoch)
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, torch.Tensor]]:
         if not isinstance(state, TrainState):
@@ -248,6 +266,7 @@ class TrainStep:
             loss_scale=loss_scale,
             nonfinite_count=(state.nonfinite_count + bad) * bad,
             nonfinite_total=state.nonfinite_total + bad,
+            observed=state.observed,
         )
         return new_state, self._metrics(losses, grad_norms, finite, loss_scale)
 
@@ -261,12 +280,13 @@ class TrainStep:
         # update_and_apply never writes non-finite values into donated buffers either, so a
         # skipped step still finds the old parameters and optimiser state intact.
         donate = self.donate and not backend.is_tracing() and bool(finite)
+        extra = _extra_args(state)
         for name, g in grads.items():
             params_g = group_params(state.params, labels, name) if self.routed else state.params
             # One call: adam/adamw (and chains ending in one) add the update to the parameters
             # inside their kernel instead of materialising an update tree.
             new_groups[name], new_opt[name] = update_and_apply(
-                txs[name], g, opt_states[name], params_g, donate=donate, norm=grad_norms[name]
+                txs[name], g, opt_states[name], params_g, donate=donate, norm=grad_norms[name], **extra
             )
             # Checked after the chain too: a transformation that mixes in other processes'
             # gradients (fctc.distributed.all_reduce_gradients) makes every rank see the same
