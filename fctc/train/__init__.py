@@ -9,6 +9,9 @@ from .evaluate import EvalOutput as EvalOutput
 from .evaluate import make_eval_step as make_eval_step
 from .evaluate import predict as predict
 
+from .loss_output import LossOutput as LossOutput
+from .loss_output import LossRules as LossRules
+
 from .routing import Labels as Labels
 from .routing import group_params as group_params
 from .routing import merge_groups as merge_groups
@@ -27,3 +30,5 @@ from .step import TrainStep as TrainStep
 from .step import autocast as autocast
 from .step import ctc_loss_fn as ctc_loss_fn
 from .step import make_train_step as make_train_step
+
+from .stats import WeightedMean as WeightedMean
