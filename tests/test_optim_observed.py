@@ -38,9 +38,9 @@ def test_plateau_takes_each_counted_value_in_once():
             upd, state = tx.update(g, state, params, value=torch.tensor(v), value_count=n)
             assert state.scale.item() == scale and int(state.value_count) == n
             assert torch.equal(upd["w"], scale * g["w"])
-    # before any observation (value_count 0, value NaN) nothing is taken in
+    # before any observation (value_count 0, value +inf) nothing is taken in
     fresh = tx.init(params)
-    upd, after = tx.update(g, fresh, params, value=torch.tensor(float("nan")), value_count=0)
+    upd, after = tx.update(g, fresh, params, value=torch.tensor(float("inf")), value_count=0)
     assert_trees_equal(after, fresh)
     assert torch.equal(upd["w"], g["w"])
 

@@ -13,7 +13,7 @@ from .. import data as _data
 from .. import tree as _tree
 from ..metrics import ErrorCounts, error_counts
 from ..inference import Recognizer, load
-from ..train import make_eval_step
+from ..train import WeightedMean, make_eval_step
 
 __all__ = ["evaluate_dataset", "evaluate_manifest", "transcribe_files"]
 
@@ -46,13 +46,15 @@ def evaluate_dataset(
 
     Returns:
         ``{"cer", "wer", "loss", "n", "skipped", "char_edits", "chars", "word_edits",
-        "words"}``; ``loss`` is the mean per-utterance CTC loss.
+        "words"}``; ``loss`` is the mean per-utterance loss; with an eval step whose loss
+        function reports statistics, also ``"stats"`` (their weighted means) and ``"weight"``.
     """
     batches = _data.bucket_batches(
         dataset.durations, batch_size=batch_size, max_batch_seconds=max_batch_seconds,
         shuffle=False,
     )
     counts = ErrorCounts()
+    stats = WeightedMean()
     loss_sum, n = 0.0, 0
     rows: list[dict[str, Any]] = []
     for plan in batches:
@@ -69,6 +71,8 @@ def evaluate_dataset(
         out = eval_step(params, model_state, batch)
         size = len(kept)
         counts = counts + out.counts
+        if out.stats:
+            stats.add(out.stats, out.weight)
         loss_sum += float(out.loss) * size
         n += size
         if output is not None:
@@ -83,7 +87,12 @@ def evaluate_dataset(
         with open(output, "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return {
+    return _result(counts, loss_sum, n, skipped, stats)
+
+
+def _result(counts: ErrorCounts, loss_sum: float, n: int, skipped: dict, stats: WeightedMean) -> dict:
+    """:func:`evaluate_dataset`'s result dict."""
+    result = {
         "cer": counts.cer,
         "wer": counts.wer,
         "loss": loss_sum / n if n else float("nan"),
@@ -91,6 +100,10 @@ def evaluate_dataset(
         "skipped": sum(skipped.values()) if skipped else 0,
         **counts._asdict(),
     }
+    if stats:  # the loss function's statistics, weighted by its weights (fctc.train.WeightedMean)
+        result["stats"] = {k: float(v) for k, v in stats.means().items()}
+        result["weight"] = float(stats.total_weight())
+    return result
 
 
 def evaluate_manifest(

@@ -2,9 +2,12 @@
 
 Every row of ``metrics.csv`` is either a training row (the mean loss and gradient norm over
 the last ``log_every`` steps, the learning rate, utterances per second) or a validation row
-(loss, CER, WER); the columns of the other kind are left empty. The history also travels in
-the resumable checkpoint, so ``--resume`` rewrites the CSV exactly as it stood at the
-checkpoint and appends from there.
+(loss, CER, WER); the columns of the other kind are left empty. A loss function that reports
+statistics (:class:`fctc.train.LossOutput`) adds columns: ``train/<key>`` and ``weight`` (the
+window's weighted means and summed weight) and ``val_<key>`` and ``val_weight``; they appear
+when first logged (the file is then rewritten with the wider header). The history also
+travels in the resumable checkpoint, so ``--resume`` rewrites the CSV exactly as it stood at
+the checkpoint and appends from there.
 """
 
 from __future__ import annotations
@@ -15,12 +18,46 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "MetricsLog", "plot_curves", "tensorboard_available"]
+__all__ = ["COLUMNS", "MetricsLog", "plot_curves", "stat_columns", "tensorboard_available"]
 
 COLUMNS = (
     "step", "epoch", "kind", "elapsed_s", "loss", "grad_norm", "lr", "utterances_per_s",
     "nonfinite", "val_loss", "val_cer", "val_wer",
 )
+_RESERVED = ("loss", "cer", "wer", "weight")
+
+
+def _is_stat_column(name: str) -> bool:
+    return name.startswith("train/") or name.startswith("val_") or name == "weight"
+
+
+def stat_columns(stats: dict[str, Any], weight: Any, validation: bool) -> dict[str, float]:
+    """A row's statistics columns: ``train/<key>`` and ``weight``, or ``val_<key>`` and
+    ``val_weight``.
+
+    Args:
+        stats: key -> value (numbers or 0-d tensors).
+        weight: their summed weight, or None.
+        validation: the columns of a validation row.
+
+    Returns:
+        column -> float.
+
+    Raises:
+        ValueError: a key that would take a column fctc writes itself (loss, cer, wer, weight).
+    """
+    clash = sorted(k for k in stats if k in _RESERVED)
+    if clash:
+        raise ValueError(
+            f"loss_fn: the statistics {clash} are named like columns fctc train writes itself "
+            f"(loss, val_loss, val_cer, val_wer, weight); rename them, e.g. {clash[0]!r} -> "
+            f"{clash[0] + '_stat'!r}"
+        )
+    prefix = "val_" if validation else "train/"
+    out = {prefix + k: float(v) for k, v in stats.items()}
+    if weight is not None:
+        out["val_weight" if validation else "weight"] = float(weight)
+    return out
 
 
 def tensorboard_available() -> bool:
@@ -48,11 +85,10 @@ class MetricsLog:
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / "metrics.csv"
         self.rows: list[dict[str, Any]] = [dict(r) for r in (history or [])]
-        with open(self.path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            for row in self.rows:
-                writer.writerow(self._cells(row))
+        self.columns = list(COLUMNS)
+        for row in self.rows:
+            self.columns += [c for c in row if c not in self.columns]
+        self._rewrite()
         self._tb = None
         if tensorboard and tensorboard_available():
             from torch.utils.tensorboard import SummaryWriter
@@ -60,10 +96,17 @@ class MetricsLog:
             start = int(self.rows[-1]["step"]) + 1 if self.rows else 0
             self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=start)
 
-    @staticmethod
-    def _cells(row: dict[str, Any]) -> dict[str, Any]:
+    def _rewrite(self) -> None:
+        """Write the whole CSV (header and every row) from :attr:`rows`."""
+        with open(self.path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow(self._cells(row))
+
+    def _cells(self, row: dict[str, Any]) -> dict[str, Any]:
         out = {}
-        for c in COLUMNS:
+        for c in self.columns:
             v = row.get(c)
             if isinstance(v, float):
                 v = f"{v:.6g}" if math.isfinite(v) else str(v)
@@ -74,25 +117,42 @@ class MetricsLog:
         """Record one row in the history, the CSV and TensorBoard.
 
         Args:
-            row: column -> value, keys from :data:`COLUMNS` (missing ones are left empty).
+            row: column -> value, keys from :data:`COLUMNS` or statistics columns
+                (:func:`stat_columns`); missing ones are left empty.
 
         Raises:
-            ValueError: a key that is not a column.
+            ValueError: a key that is neither.
         """
-        unknown = sorted(set(row) - set(COLUMNS))
+        unknown = sorted(k for k in row if k not in COLUMNS and not _is_stat_column(k))
         if unknown:
-            raise ValueError(f"MetricsLog: unknown columns {unknown}; allowed: {list(COLUMNS)}")
+            raise ValueError(
+                f"MetricsLog: unknown columns {unknown}; allowed: {list(COLUMNS)} and the "
+                "statistics columns train/<key>, val_<key>, weight"
+            )
         self.rows.append(dict(row))
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=COLUMNS).writerow(self._cells(row))
+        new = [k for k in row if k not in self.columns]
+        if new:
+            self.columns += new
+            self._rewrite()
+        else:
+            with open(self.path, "a", newline="", encoding="utf-8") as f:
+                csv.DictWriter(f, fieldnames=self.columns).writerow(self._cells(row))
         if self._tb is not None:
-            step = int(row["step"])
-            for name in ("loss", "grad_norm", "lr", "utterances_per_s", "val_loss", "val_cer", "val_wer"):
-                v = row.get(name)
-                if v is not None:
-                    tag = f"validation/{name[4:]}" if name.startswith("val_") else f"train/{name}"
-                    self._tb.add_scalar(tag, float(v), step)
-            self._tb.flush()
+            self._add_scalars(row)
+
+    def _add_scalars(self, row: dict[str, Any]) -> None:
+        step = int(row["step"])
+        names = ["loss", "grad_norm", "lr", "utterances_per_s", "val_loss", "val_cer", "val_wer"]
+        names += [c for c in row if c not in COLUMNS]
+        for name in names:
+            v = row.get(name)
+            if v is not None:
+                if name.startswith("val_"):
+                    tag = f"validation/{name[4:]}"
+                else:
+                    tag = name if name.startswith("train/") else f"train/{name}"
+                self._tb.add_scalar(tag, float(v), step)
+        self._tb.flush()
 
     def close(self) -> None:
         """Flush and close TensorBoard (the CSV is written row by row)."""

@@ -33,7 +33,7 @@ from .. import optim
 from .. import random as _random
 from .. import tree as _tree
 from ..text import Vocabulary
-from ..train import check_nonfinite, make_eval_step, make_train_step
+from ..train import WeightedMean, check_nonfinite, make_eval_step, make_train_step
 from .checkpoints import (
     TRAIN_STATE_FILE,
     load_checkpoint_model,
@@ -43,8 +43,9 @@ from .checkpoints import (
 from .config import ConfigError, dump_config
 from .decoding import write_decoding_files
 from .evaluate import evaluate_dataset
-from .logs import MetricsLog, plot_curves
+from .logs import MetricsLog, plot_curves, stat_columns
 from .progress import Progress
+from .schedule_feed import ScheduleFeed
 from .recipe import (
     build_front_end,
     build_model,
@@ -102,10 +103,14 @@ class Trainer:
       device: the torch device to train on.
       resume: a resumable checkpoint folder (``last/``) to continue from, or None.
       log: where progress messages go (the bar itself writes to stderr).
+      loss_fn: ``loss_fn(model, vocabulary, train) -> loss function`` (the contract of
+        :func:`fctc.train.make_train_step`) for a model in training (True) or evaluation
+        (False) mode; None: the CTC loss. Statistics it reports are logged (``train/<key>``,
+        ``val_<key>``) and may be a plateau's ``schedule.monitor``.
     """
 
     def __init__(self, config: dict[str, Any], out_dir: Path, device: torch.device,
-                 resume: Path | None = None, log=print, progress: bool = True):
+                 resume: Path | None = None, log=print, progress: bool = True, loss_fn=None):
         self.config = config
         self.out_dir = Path(out_dir)
         self.device = device
@@ -133,6 +138,8 @@ class Trainer:
         val_path = _manifest(data_cfg["validation"], "validation")
         self.val_set = self._dataset(self._read(val_path, limit)) if val_path else None
         self.test_path = _manifest(data_cfg["test"], "test")
+        self.loss_fn = loss_fn
+        self.feed = ScheduleFeed(config["schedule"], self.val_set is not None, stats=loss_fn is not None)
         self.batches_per_epoch = len(self._epoch_batches(0))
         if self.batches_per_epoch == 0:
             raise ConfigError("the training split yields no batches; check data.train and data.limit")
@@ -146,14 +153,14 @@ class Trainer:
         self.cache_features = bool(data_cfg["cache_features"])
         self.model = build_model(config["model"], self.vocabulary)
         train_model = build_model(config["model"], self.vocabulary, self.cache_features)
-        tx, self.schedule = build_optimizer(config, total_updates(self.total_steps, accumulate))
+        epochs = math.ceil(self.total_steps / self.batches_per_epoch)
+        tx, self.schedule = build_optimizer(config, total_updates(self.total_steps, accumulate), epochs)
         self.step_fn = make_train_step(
-            train_model, tx, blank=self.vocabulary.blank_idx, precision=train_cfg["precision"],
+            train_model, tx, None if loss_fn is None else loss_fn(train_model, self.vocabulary, True),
+            blank=self.vocabulary.blank_idx, precision=train_cfg["precision"],
             jit=bool(train_cfg["jit"]), donate=bool(train_cfg["donate"]),
         )
-        self.eval_step = make_eval_step(
-            self.model, self.vocabulary, precision=train_cfg["precision"], jit=bool(train_cfg["jit"])
-        )
+        self.eval_step = self._eval_step(self.model, self.vocabulary, bool(train_cfg["jit"]))
         state = self.step_fn.init_state(_random.key(int(config["seed"])), device=device)
         self.epoch, self.batch_index = 0, 0
         self.best_cer = math.inf
@@ -167,6 +174,7 @@ class Trainer:
             self.elapsed = float(meta.get("elapsed_s", 0.0))
             history = list(meta.get("history", []))
         self.state = state
+        self._last_val: tuple[int, dict[str, Any] | None] | None = None
         self.cache = None
         if self.cache_features:
             front_state = _tree.map(lambda x: x.cpu(), state.model_state["audio_transform"])
@@ -175,6 +183,12 @@ class Trainer:
         dump_config(config, self.out_dir / "config.yaml")
         write_decoding_files(self.out_dir, [u.text for u in self.train_utts], self.vocabulary, config)
         self.metrics = MetricsLog(self.out_dir, history)
+
+    def _eval_step(self, model, vocabulary: Vocabulary, jit: bool = False):
+        """The eval step of ``model``, with the evaluation-mode twin of a custom loss."""
+        loss = None if self.loss_fn is None else self.loss_fn(model, vocabulary, False)
+        return make_eval_step(model, vocabulary, precision=self.config["training"]["precision"],
+                              jit=jit, loss_fn=loss)
 
     # -- data ----------------------------------------------------------------------------
 
@@ -270,11 +284,17 @@ class Trainer:
             self.eval_step, self.state.params, self.state.model_state, self.val_set,
             self.device, **self._batching(),
         )
-        return {"val_loss": result["loss"], "val_cer": result["cer"], "val_wer": result["wer"]}
+        val = {"val_loss": result["loss"], "val_cer": result["cer"], "val_wer": result["wer"]}
+        if "stats" in result:
+            val.update(stat_columns(result["stats"], result["weight"], validation=True))
+        return val
 
     def _lr(self) -> float:
-        """The learning rate of the last update, as the optimiser state holds it."""
-        return float(optim.find_hyperparams(self.state.opt_state)["learning_rate"])
+        """The learning rate of the last update, as the optimiser state holds it (times the
+        plateau's scale, when the schedule has one)."""
+        lr = optim.find_hyperparams(self.state.opt_state)["learning_rate"]
+        scale = optim.plateau_scale(self.state.opt_state)
+        return float(lr if scale is None else lr * scale)
 
     def run(self) -> bool:
         """Train until ``total_steps`` (or Ctrl-C). Returns True when the run is complete."""
@@ -295,17 +315,20 @@ class Trainer:
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         bar = Progress(self.total_steps, step, enabled=self.show_progress)
         window_losses, window_norms, window_utts = [], [], 0
+        window_stats = WeightedMean()
         t_window = time.perf_counter()
         t_run = time.perf_counter()
         elapsed0 = self.elapsed
         try:
             while step < self.total_steps and not self.interrupted:
+                self.state = self.feed.epoch_started(self.step_fn, self.state, self.epoch)
                 for batch, position in self._batches(self.epoch, self.batch_index):
                     self.state, m = self.step_fn(self.state, _to_device(batch, self.device))
                     step += 1
                     self.batch_index = position
                     window_losses.append(m["loss"].detach())
                     window_norms.append(m["grad_norm"].detach())
+                    window_stats.add_metrics(m)
                     window_utts += int(batch.audio.shape[0])
                     self.elapsed = elapsed0 + time.perf_counter() - t_run
                     if step % log_every == 0 or step == self.total_steps:
@@ -322,6 +345,9 @@ class Trainer:
                             "utterances_per_s": window_utts / max(now - t_window, 1e-9),
                             "nonfinite": int(self.state.nonfinite_total),
                         }
+                        if window_stats:
+                            row.update(stat_columns(window_stats.means(), window_stats.total_weight(), False))
+                            window_stats = WeightedMean()
                         self.metrics.append(row)
                         bar.postfix(loss=row["loss"], lr=row["lr"], utt_s=row["utterances_per_s"])
                         window_losses, window_norms, window_utts = [], [], 0
@@ -333,6 +359,8 @@ class Trainer:
                         t_window = time.perf_counter()
                     elif step % ckpt_every == 0:
                         self.save_last()
+                    if self.batch_index >= self.batches_per_epoch:
+                        self._end_of_epoch(step)
                     if self.interrupted or final:
                         break
                 else:
@@ -350,9 +378,21 @@ class Trainer:
             signal.signal(signal.SIGINT, previous)
         return True
 
+    def _end_of_epoch(self, step: int) -> None:
+        """With a plateau counting epochs: validate (unless this step just did), report the
+        monitor, and save ``last/`` so that a resumed run holds the report."""
+        if not self.feed.validates_at_epoch_end:
+            return
+        if self._last_val is None or self._last_val[0] != step:
+            self._validate_and_save(step)
+        self.state = self.feed.validated(self.step_fn, self.state, self._last_val[1], at_epoch_end=True)
+        self.save_last()
+
     def _validate_and_save(self, step: int) -> None:
         val = self.validate()
+        self._last_val = (step, val)
         if val is not None:
+            self.state = self.feed.validated(self.step_fn, self.state, val, at_epoch_end=False)
             self.metrics.append({"step": step, "epoch": self.epoch, "kind": "validation",
                                  "elapsed_s": round(self.elapsed, 3), **val})
             self.log(f"step {step}: validation loss {val['val_loss']:.4f}, "
@@ -376,8 +416,7 @@ class Trainer:
             self._read(self.test_path, self.config["data"]["limit"]), loaded.vocabulary, sample_rate=self.sample_rate,
             on_error=self.config["data"]["on_error"], max_labels=self.max_labels,
         )
-        eval_step = make_eval_step(loaded.model, loaded.vocabulary,
-                                   precision=self.config["training"]["precision"])
+        eval_step = self._eval_step(loaded.model, loaded.vocabulary)
         result = evaluate_dataset(
             eval_step, loaded.params, loaded.state, test_set, self.device,
             output=self.out_dir / "test_predictions.jsonl", **self._batching(),

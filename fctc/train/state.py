@@ -40,7 +40,8 @@ class Observations(NamedTuple):
 
     * ``epoch``: int32, the epoch the loop last reported (0 before any): what epoch-interval
       schedules count (``inject_hyperparams(..., schedule_input="epoch")``);
-    * ``value``: float32, the monitored metric the loop last reported (NaN before any), and
+    * ``value``: float32, the monitored metric the loop last reported (+inf, the worst, before
+      any), and
     * ``value_count``: int32, how many values it has reported: :func:`fctc.optim.reduce_on_plateau`
       takes each reported value in once, at the first update after the report.
     """
@@ -62,7 +63,7 @@ def _observations(device: torch.device) -> Observations:
     i32 = dict(dtype=torch.int32, device=device)
     return Observations(
         epoch=torch.zeros((), **i32),
-        value=torch.full((), float("nan"), dtype=torch.float32, device=device),
+        value=torch.full((), float("inf"), dtype=torch.float32, device=device),
         value_count=torch.zeros((), **i32),
     )
 
