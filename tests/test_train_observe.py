@@ -166,3 +166,17 @@ def test_observations_do_not_recompile_a_jitted_step():
             state, _ = step(state, batch)
             state = step.observe(state, v, epoch=i)
     assert optim.plateau_scale(state.opt_state).item() == 0.25
+
+
+def test_readme_porting_snippet_runs():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Porting from ESPnet3, speechain and thunder-speech", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    env: dict = {}
+    exec(compile(code, "README.md", "exec"), env)
+    state, metrics = env["state"], env["metrics"]
+    assert int(state.observed.value_count) == 3 and int(state.observed.epoch) == 2
+    assert set(metrics) >= {"loss", "stats/mae", "weight"} and float(metrics["weight"]) == 8.0

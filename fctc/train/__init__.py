@@ -1,8 +1,12 @@
 """Training: the train state, the stateless train step, evaluation and prediction.
 
 ``step = make_train_step(model, tx, blank=vocab.blank_idx)`` builds a pure function;
-``state = step.init_state(key)`` its state; ``state, metrics = step(state, batch)`` trains.
-The gradient transformations themselves (speechain's knobs included) are :mod:`fctc.optim`'s.
+``state = step.init_state(key)`` its state; ``state, metrics = step(state, batch)`` trains;
+``state = step.observe(state, val_loss, epoch=e)`` reports what metric- and epoch-driven
+schedules read. Loss functions may return ESPnet3's ``(loss, stats, weight)``
+(:class:`LossOutput`); :class:`LossRules` states the routing rules, :class:`WeightedMean` the
+averaging of statistics. The gradient transformations themselves (speechain's knobs
+included) are :mod:`fctc.optim`'s.
 """
 
 from .evaluate import EvalOutput as EvalOutput
