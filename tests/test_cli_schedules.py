@@ -19,19 +19,10 @@ from fctc.cli.recipe import build_optimizer, total_updates
 from fctc.cli.schedule_feed import ScheduleFeed
 from fctc.cli.train import Trainer
 from fctc.train import LossOutput
+from test_cli import TINY as CLI_TINY
 
-TINY = {
-    "data": {"limit": 12, "max_batch_seconds": 6.0},
-    "model": {
-        "encoder": {
-            "filters": [8], "kernel_sizes": [5], "repeat": 1, "stem_filters": 8,
-            "stem_kernel": 5, "final_filters": [8, 8], "final_kernel": 5,
-        },
-        "front_end": {"nfilt": 16},
-        "spec_augment": {"freq_masks": 1, "freq_width": 4, "time_masks": 1, "time_width": 0.05},
-    },
-    "training": {"max_steps": 8, "log_every": 1, "eval_every": 2, "checkpoint_every": 1},
-}
+# The tiny run of test_cli, eight steps long (validations at steps 2, 4, 6, 8).
+TINY = {**CLI_TINY, "training": {**CLI_TINY["training"], "max_steps": 8}}
 
 
 def _config(**schedule) -> dict:
