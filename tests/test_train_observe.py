@@ -151,21 +151,35 @@ def test_observe_is_pure_and_checks_its_arguments():
         step.observe(state._replace(observed=None), 1.0)
 
 
-def test_observations_do_not_recompile_a_jitted_step():
-    step = make_train_step(
-        MODEL,
-        optim.chain(optim.sgd(LR), optim.reduce_on_plateau(factor=0.5, patience=1)),
-        blank=BLANK,
-        jit=True,
-    )
-    state = step.init_state(random.key(3))
+def _loss_with_stats(params, state, batch, key):
+    """Named losses (one only logged) and ESPnet3-style statistics with a weight."""
+    (logits, lengths), state = MODEL.apply(params, state, batch.audio, batch.audio_lengths, train=True)
+    loss = fctc.losses.ctc_loss(logits, lengths, batch.targets, batch.target_lengths, BLANK)
+    losses = {"ctc": loss, "aux": logits.pow(2).mean()}
+    return fctc.train.LossOutput(losses, {"logit_mean": logits.mean()}, batch.target_lengths.sum()), state
+
+
+def test_observations_and_stats_do_not_recompile_a_jitted_step():
+    """Compiled once: observations changing, statistics, logged-only losses and micro-batches;
+    equal to the eager step."""
+    tx = optim.chain(optim.adamw(1e-2), optim.reduce_on_plateau(factor=0.5, patience=1))
+    kw = dict(log_only=["aux"], accum_steps=2)
+    eager = make_train_step(MODEL, tx, _loss_with_stats, **kw)
+    step = make_train_step(MODEL, tx, _loss_with_stats, jit=True, **kw)
+    state = s_e = step.init_state(random.key(3))
     batch = tiny_batch(0, ragged=False)
     torch._dynamo.reset()
     with torch._dynamo.config.patch(error_on_recompile=True):
         for i, v in enumerate([1.0, 1.0, 1.0, 2.0]):
-            state, _ = step(state, batch)
+            state, m = step(state, batch)
+            s_e, m_e = eager(s_e, batch)
+            assert set(m) == set(m_e) >= {"loss/aux", "loss/ctc", "stats/logit_mean", "weight"}
+            for k in m_e:
+                torch.testing.assert_close(m[k], m_e[k], rtol=1e-4, atol=1e-5)
             state = step.observe(state, v, epoch=i)
+            s_e = eager.observe(s_e, v, epoch=i)
     assert optim.plateau_scale(state.opt_state).item() == 0.25
+    assert_trees_allclose(state.params, s_e.params, rtol=1e-4, atol=1e-5)
 
 
 def test_readme_porting_snippet_runs():
