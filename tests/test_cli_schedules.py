@@ -3,7 +3,6 @@ metrics.csv: schedule.name plateau / monitor / patience / factor / interval, sta
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -17,11 +16,13 @@ from fctc.cli import logs as cli_logs
 from fctc.cli.config import ConfigError, default_config, merge_config
 from fctc.cli.recipe import build_optimizer, total_updates
 from fctc.cli.schedule_feed import ScheduleFeed
+from fctc.cli.schema import validate_config
 from fctc.cli.train import Trainer
 from fctc.train import LossOutput
-from test_cli import TINY as CLI_TINY
+from cli_helpers import TINY as CLI_TINY
+from cli_helpers import train_rows as _rows
 
-# The tiny run of test_cli, eight steps long (validations at steps 2, 4, 6, 8).
+# The shared tiny recipe, eight steps long (validations at steps 2, 4, 6, 8).
 TINY = {**CLI_TINY, "training": {**CLI_TINY["training"], "max_steps": 8}}
 
 
@@ -40,11 +41,6 @@ def with_stats(model, vocabulary, train):
         return LossOutput(loss, stats, None), state
 
     return fn
-
-
-def _rows(run: Path) -> list[dict[str, str]]:
-    with open(run / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 class _StopAfter:
@@ -112,7 +108,7 @@ def test_stats_and_weights_show_up_in_metrics_csv(plateau_run):
     for r in train:
         assert float(r["weight"]) >= 1 and float(r["weight"]).is_integer()  # utterances
         assert float(r["train/target_length"]) > 0 and r["val_target_length"] == ""
-    items = [trainer.val_set[i] for i in range(len(trainer.val_set))]
+    items = [trainer.data.val_set[i] for i in range(len(trainer.data.val_set))]
     lengths = [len(target) for item in items if not isinstance(item, fctc.data.Skipped)
                for _, target in [item]]
     for r in val:
@@ -144,7 +140,7 @@ def test_plateau_counting_epochs_validates_at_each_epoch_end(tmp_path):
     trainer, done = _train(config, tmp_path / "epochs")
     assert done
     rows = _rows(tmp_path / "epochs")
-    per_epoch = trainer.batches_per_epoch
+    per_epoch = len(trainer.data.plan(0))
     val_steps = [int(r["step"]) for r in rows if r["kind"] == "validation"]
     assert val_steps == [per_epoch, 2 * per_epoch, 3 * per_epoch]
     lr = default_config()["optimizer"]["learning_rate"]
@@ -170,18 +166,20 @@ def test_epoch_interval_schedule_changes_at_epoch_boundaries(tmp_path):
 
 
 def test_schedule_config_errors_name_the_key():
-    def build(**schedule):
-        config = _config(**schedule)
-        return build_optimizer(config, 100, 5)
+    def check(**schedule):
+        return validate_config(_config(**schedule))
 
-    with pytest.raises(ConfigError, match="schedule.interval must be one of"):
-        build(interval="batch")
-    with pytest.raises(ConfigError, match="schedule.patience must be a positive int"):
-        build(name="plateau", patience=0)
-    with pytest.raises(ConfigError, match=r"schedule.factor must lie in \(0, 1\)"):
-        build(name="plateau", factor=1.5)
-    with pytest.raises(ConfigError, match="schedule.name must be one of"):
-        build(name="cyclic")
+    with pytest.raises(ConfigError, match="schedule.interval must be one of step, epoch"):
+        check(interval="batch")
+    with pytest.raises(ConfigError, match="schedule.patience must be an integer >= 1"):
+        check(name="plateau", patience=0)
+    with pytest.raises(ConfigError, match=r"schedule.factor must be a number in \(0, 1\)"):
+        check(name="plateau", factor=1.5)
+    with pytest.raises(ConfigError, match="schedule.name must be one of .*plateau"):
+        check(name="cyclic")
+    with pytest.raises(ConfigError, match="schedule.monitor must be a non-empty string"):
+        check(name="plateau", monitor="")
+    assert validate_config(_config(**PLATEAU, interval="epoch"))["schedule"]["factor"] == 0.5
     with pytest.raises(ConfigError, match="needs the run's epochs"):
         build_optimizer(_config(interval="epoch"), 100)
     plateau = _config(**PLATEAU)["schedule"]

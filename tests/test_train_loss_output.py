@@ -204,6 +204,9 @@ def test_eval_step_reports_the_same_stats_as_training():
     assert default.stats == {} and default.weight is None
     _, m = step(state, model_state_batch)
     assert {k[len("stats/"):] for k in m if k.startswith("stats/")} == set(out.stats)
-    # ctc_loss_fn(train=False) is the eval-mode twin of the default training loss
+    # ctc_loss_fn(train=False), the eval-mode twin of the default training loss, has no stats
     twin = make_eval_step(MODEL, VOCAB, loss_fn=ctc_loss_fn(MODEL, BLANK, train=False))
-    torch.testing.assert_close(twin(state.params, state.model_state, model_state_batch).loss, default.loss)
+    out = twin(state.params, state.model_state, model_state_batch)
+    assert torch.equal(out.loss, default.loss) and out.stats == {} and out.weight is None
+    loss, _ = ctc_loss_fn(MODEL, BLANK, train=False)(state.params, state.model_state, model_state_batch, None)
+    torch.testing.assert_close(loss, default.loss)

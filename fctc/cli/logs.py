@@ -6,8 +6,9 @@ the last ``log_every`` steps, the learning rate, utterances per second) or a val
 statistics (:class:`fctc.train.LossOutput`) adds columns: ``train/<key>`` and ``weight`` (the
 window's weighted means and summed weight) and ``val_<key>`` and ``val_weight``; they appear
 when first logged (the file is then rewritten with the wider header). The history also
-travels in the resumable checkpoint, so ``--resume`` rewrites the CSV exactly as it stood at
-the checkpoint and appends from there.
+travels in the resumable checkpoint, with the steps of the training row not written yet
+(:class:`LogWindow`), so ``--resume`` rewrites the CSV exactly as it stood at the checkpoint
+and goes on with the same rows an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from __future__ import annotations
 import csv
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "MetricsLog", "plot_curves", "stat_columns", "tensorboard_available"]
+import torch
+
+from ..train import WeightedMean
+
+__all__ = ["COLUMNS", "LogWindow", "MetricsLog", "plot_curves", "stat_columns", "tensorboard_available"]
 
 COLUMNS = (
     "step", "epoch", "kind", "elapsed_s", "loss", "grad_norm", "lr", "utterances_per_s",
@@ -159,6 +165,111 @@ class MetricsLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class LogWindow:
+    """The steps since the last training row: their losses, gradient norms and utterances,
+    and the weighted sums of a loss function's statistics (:class:`fctc.train.WeightedMean`).
+
+    The values stay tensors until a row is made (no host synchronisation per step).
+    :meth:`to_dict` / :meth:`from_dict` carry a partly filled window through a checkpoint, so
+    a resumed run's next row averages the same steps an uninterrupted run's does.
+
+    Args:
+        losses: the losses of the steps so far.
+        norms: their gradient norms.
+        utterances: the utterances they trained on.
+        stats: the statistics' ``{key: [weighted sum, summed weight]}`` so far.
+    """
+
+    def __init__(self, losses: list[Any] | None = None, norms: list[Any] | None = None,
+                 utterances: int = 0, stats: dict[str, list[float]] | None = None):
+        self.losses = list(losses or [])
+        self.norms = list(norms or [])
+        self.utterances = int(utterances)
+        self.stats = WeightedMean()
+        for k, (total, weight) in (stats or {}).items():
+            self.stats.sums[k] = torch.tensor(total, dtype=torch.float32)
+            self.stats.weights[k] = torch.tensor(weight, dtype=torch.float32)
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, utterances: int) -> None:
+        """Record one step.
+
+        Args:
+            loss: its loss (a scalar tensor).
+            grad_norm: its gradient norm.
+            utterances: the utterances of its batch.
+        """
+        self.losses.append(loss.detach())
+        self.norms.append(grad_norm.detach())
+        self.utterances += int(utterances)
+
+    def add_stats(self, metrics: dict[str, Any]) -> None:
+        """Record one step's statistics (``stats/<key>`` with ``weight``; none: nothing).
+
+        Args:
+            metrics: the step's metrics.
+        """
+        self.stats.add_metrics(metrics)
+
+    def __len__(self) -> int:
+        return len(self.losses)
+
+    @staticmethod
+    def _stack(values: list[Any]) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(v, dtype=torch.float32).cpu() for v in values])
+
+    def row(self) -> dict[str, Any]:
+        """The training-row values of the window, and a fresh start.
+
+        Returns:
+            ``loss`` (the mean of the finite losses; NaN when none is), ``grad_norm`` (the
+            mean of the non-NaN norms), ``utterances_per_s`` (since the window started,
+            or since :meth:`restart`), and the statistics' columns (:func:`stat_columns`).
+        """
+        losses = self._stack(self.losses)
+        finite = torch.isfinite(losses)
+        now = time.perf_counter()
+        row = {
+            "loss": float(losses[finite].mean()) if finite.any() else float("nan"),
+            "grad_norm": float(self._stack(self.norms).nanmean()),
+            "utterances_per_s": self.utterances / max(now - self.started, 1e-9),
+        }
+        if self.stats:
+            row.update(stat_columns(self.stats.means(), self.stats.total_weight(), validation=False))
+        self.losses, self.norms, self.utterances, self.started = [], [], 0, now
+        self.stats = WeightedMean()
+        return row
+
+    def restart(self) -> None:
+        """Start the throughput clock again (after a validation pass, which is not training)."""
+        self.started = time.perf_counter()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The window as JSON values, for a checkpoint's metadata.
+
+        Returns:
+            ``{"losses", "grad_norms", "utterances", "stats"}`` (float32 values as exact floats).
+        """
+        stats = {k: [float(self.stats.sums[k]), float(self.stats.weights[k])] for k in self.stats.sums}
+        return {"losses": [float(x) for x in self.losses],
+                "grad_norms": [float(x) for x in self.norms], "utterances": self.utterances,
+                "stats": stats}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "LogWindow":
+        """The window :meth:`to_dict` saved (an empty one for None, as older checkpoints have).
+
+        Args:
+            values: what :meth:`to_dict` returned, or None.
+
+        Returns:
+            The window.
+        """
+        values = values or {}
+        return cls(values.get("losses"), values.get("grad_norms"), values.get("utterances", 0),
+                   values.get("stats"))
 
 
 def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:

@@ -10,6 +10,7 @@ the schedule exactly.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .config import ConfigError
@@ -59,6 +60,18 @@ class ScheduleFeed:
         """
         return self.monitor is not None and self.interval == "epoch"
 
+    def reports(self, at_epoch_end: bool) -> bool:
+        """Whether a validation reports the monitor: with a plateau, every validation for
+        ``interval: step``, the one at an epoch's end for ``interval: epoch``.
+
+        Args:
+          at_epoch_end: whether the validation is the one at the end of an epoch.
+
+        Returns:
+          True when :meth:`validated` reports it.
+        """
+        return self.monitor is not None and at_epoch_end == (self.interval == "epoch")
+
     def epoch_started(self, step_fn: Any, state: Any, epoch: int) -> Any:
         """The state after reporting the epoch now starting.
 
@@ -83,16 +96,18 @@ class ScheduleFeed:
 
         Returns:
           The new train state (unchanged without a plateau, or when the validation does not
-          count for the interval).
+          count for the interval). A metric with no value (a validation whose losses were
+          all non-finite) is reported as +inf, a validation without improvement.
 
         Raises:
           ConfigError: the validation has no ``schedule.monitor``.
         """
-        if self.monitor is None or at_epoch_end != (self.interval == "epoch"):
+        if not self.reports(at_epoch_end):
             return state
         if self.monitor not in metrics:
             raise ConfigError(
                 f"schedule.monitor: {self.monitor!r} is not a validation metric of this run; "
                 f"it has {sorted(k for k in metrics if k.startswith('val_'))}"
             )
-        return step_fn.observe(state, float(metrics[self.monitor]))
+        value = metrics[self.monitor]
+        return step_fn.observe(state, math.inf if value is None else float(value))

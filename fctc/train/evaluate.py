@@ -44,9 +44,9 @@ def _forward(model: Model, precision: str):
     return run
 
 
-def _loss_of(loss_fn: Callable, precision: str):
-    """``(params, model_state, batch) -> (loss, stats, weight)`` of an evaluation-mode loss
-    function: no gradients, autocast, a dict of named losses summed."""
+def _stats_of(loss_fn: Callable, precision: str):
+    """``(params, model_state, batch) -> (stats, weight)`` of an evaluation-mode loss
+    function: no gradients, autocast; ``({}, None)`` when it reports no statistics."""
     from .step import autocast
 
     def run(params, model_state, batch):
@@ -54,11 +54,10 @@ def _loss_of(loss_fn: Callable, precision: str):
         with torch.no_grad(), autocast(precision, device):
             out, _ = loss_fn(params, model_state, batch, None)
         out = as_loss_output(out)
-        loss = sum(out.loss.values()) if isinstance(out.loss, dict) else out.loss
         if not out.stats:
-            return loss.float(), {}, None
+            return {}, None
         stats = {k: torch.as_tensor(v, device=device).detach().float() for k, v in out.stats.items()}
-        return loss.float(), stats, weight_of(out.weight, batch, device)
+        return stats, weight_of(out.weight, batch, device)
 
     return run
 
@@ -82,11 +81,11 @@ def make_eval_step(
     pass is compiled; decoding and scoring run on the host. ``decode(logits, lengths)``
     replaces greedy decoding (e.g. a :class:`fctc.decode.BeamSearchDecoder`).
 
-    ``loss_fn`` (the training loss function's evaluation-mode twin, e.g.
-    ``ctc_loss_fn(model, blank, train=False)``, called with ``key=None``) replaces the CTC
-    loss: its loss (a dict of named losses is summed) is ``loss``, and the statistics it
-    reports come back as ``stats`` with their ``weight``, so validation reports the same
-    statistics as training (``val_<key>`` in ``fctc train``). It costs a second forward pass.
+    ``loss_fn`` (the training loss function's evaluation-mode twin, called with ``key=None``)
+    supplies the statistics: those it reports come back as ``stats`` with their ``weight``,
+    so validation reports the same statistics as training (``val_<key>`` in ``fctc train``).
+    ``loss`` stays the CTC loss with ``reduction`` (per-utterance scoring needs it); put the
+    loss function's own loss in its statistics to see it. It costs a second forward pass.
 
     Args:
       model: the model.
@@ -95,25 +94,22 @@ def make_eval_step(
       precision: "fp32", "bf16" or "fp16" (autocast).
       jit: compile the forward pass.
       decode: ``decode(logits, lengths) -> list[str]`` (None: greedy CTC decoding).
-      loss_fn: an evaluation-mode loss function (see above), or None for the CTC loss.
+      loss_fn: an evaluation-mode loss function whose statistics to report (see above).
 
     Returns:
       ``eval_step(params, model_state, batch) -> EvalOutput``.
     """
     decode = decode or vocabulary.decode_prediction
     forward = backend.jit(_forward(model, precision), enabled=jit)
-    loss_of = None if loss_fn is None else backend.jit(_loss_of(loss_fn, precision), enabled=jit)
+    stats_of = None if loss_fn is None else backend.jit(_stats_of(loss_fn, precision), enabled=jit)
 
     def eval_step(params: Any, model_state: Any, batch: Any) -> EvalOutput:
         logits, lengths = forward(params, model_state, batch.audio, batch.audio_lengths)
-        if loss_of is None:
-            loss = ctc_loss(
-                logits, lengths, batch.targets, batch.target_lengths, vocabulary.blank_idx,
-                reduction, check_feasible=False,
-            )
-            stats, weight = {}, None
-        else:
-            loss, stats, weight = loss_of(params, model_state, batch)
+        loss = ctc_loss(
+            logits, lengths, batch.targets, batch.target_lengths, vocabulary.blank_idx, reduction,
+            check_feasible=False,
+        )
+        stats, weight = ({}, None) if stats_of is None else stats_of(params, model_state, batch)
         hyps = decode(logits, lengths)
         refs = vocabulary.decode_targets(batch.targets, batch.target_lengths)
         return EvalOutput(loss, hyps, refs, error_counts(hyps, refs), stats, weight)
