@@ -65,13 +65,16 @@ def runs(tmp_path_factory):
 
 def test_two_processes_equal_one_on_the_same_global_batches(runs):
     root, _, _ = runs
+    data = TrainingData(load_config(root / "c.yaml"))
+    batches = [b for e in range(10) for b in data.plan(e)][:20]
+    micro = sum(min(2, len(b)) for b in batches)  # a one-utterance batch is one micro-batch
     dp, one = tensors(root / "dp" / "last", "train_state.safetensors"), tensors(
         root / "one" / "last", "train_state.safetensors")
     assert dp.keys() == one.keys()
     for name, x in dp.items():
         y = one[name]
         if name.startswith("model_state.") and name.endswith("num_batches_tracked"):
-            assert int(x) == 20 and int(y) == 40  # one update per step; per micro-batch
+            assert int(x) == 20 and int(y) == micro  # one update per step; per micro-batch
         elif name.startswith("model_state."):
             assert torch.isfinite(x).all()
         elif x.is_floating_point():
@@ -117,6 +120,14 @@ def test_shards_are_the_micro_batches_of_one_process():
                 if weight == 0:  # no rows of its own: a copy of row 0 that weighs nothing
                     assert torch.equal(sharded.batch.audio, batch.audio[:1])
                     assert torch.equal(sharded.scale, torch.zeros(1))
+            # The non-empty shards, in rank order, are the micro-batches, and each draws the
+            # micro-batch's key: folded with its index, unless the batch is not split at all.
+            filled = [sharded for sharded, weight in shards if weight > 0]
+            micro = _micro_batches(batch, world)
+            assert len(filled) == len(micro)
+            for i, (sharded, (mb, _)) in enumerate(zip(filled, micro)):
+                assert torch.equal(sharded.batch.audio, mb.audio)
+                assert set(sharded.fold.tolist()) == {i if len(micro) > 1 else -1}
 
 
 def test_alone_the_sync_and_the_all_reduce_change_nothing():

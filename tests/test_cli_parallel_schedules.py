@@ -71,6 +71,6 @@ def test_a_sharded_loss_keeps_its_stats_and_a_rank_without_rows_weighs_nothing()
     assert weight == 0
     out, _ = parallel.loss_fn(base)(None, {}, sharded, fctc.random.key(0))
     assert float(out.loss["a"]) == 0.0 and float(out.weight) == 0.0 and float(out.stats["n"]) == 1.0
-    full = ShardedBatch(batch, torch.full((1,), 2.0))
+    full = ShardedBatch(batch, torch.full((1,), 2.0), torch.full((1,), -1, dtype=torch.int64))
     out, _ = parallel.loss_fn(base)(None, {}, full, fctc.random.key(0))
     assert float(out.loss["a"]) == 6.0 and float(out.weight) == 1.0

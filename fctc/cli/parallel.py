@@ -7,7 +7,8 @@ micro-batches. So any batch size works, the remainder included: rank ``r``'s los
 by ``W * n_r / B`` and the gradients are averaged across processes before the optimiser
 (clipping sees the global gradient), which sums each shard's gradient with the weight of its
 share of the batch; each shard draws its augmentation and dropout from the step key folded
-with its rank. One update of a ``W``-process run is therefore the update of one process that
+with its index among the non-empty shards (the key itself when only one shard is non-empty),
+as that micro-batch would. One update of a ``W``-process run is therefore the update of one process that
 splits the same batch into the same ``W`` micro-batches, up to the rounding of the all-reduce.
 
 BatchNorm normalises each shard with its own statistics (as DDP does without SyncBatchNorm);
@@ -56,10 +57,14 @@ class ShardedBatch(NamedTuple):
     Args:
         batch: the shard (a :class:`fctc.data.Batch`).
         scale: ``(n,)``, every entry the factor its loss is multiplied by (``W * n_r / B``).
+        fold: ``(n,)`` int64, every entry what the step key is folded with for this shard (its
+            index among the non-empty shards), or -1 for the step key itself (the batch has
+            one non-empty shard, which ``make_train_step`` would not split either).
     """
 
     batch: Any
     scale: torch.Tensor
+    fold: torch.Tensor
 
 
 def init_world() -> World:
@@ -114,13 +119,15 @@ class DataParallel:
             base: ``loss_fn(params, model_state, batch, key) -> (loss, model_state)``.
 
         Returns:
-            The same over a shard: its key folded with the rank, its loss (or each named loss)
-            times the scale; statistics pass through, with weight 0 on a rank without rows.
+            The same over a shard: its key folded as :class:`ShardedBatch` says (without a host
+            read), its loss (or each named loss) times the scale; statistics pass through, with
+            weight 0 on a rank without rows.
         """
-        rank = self.world.rank
 
         def loss_fn(params, model_state, sharded, key):
-            out, new_state = base(params, model_state, sharded.batch, _random.fold_in(key, rank))
+            fold = sharded.fold[0]
+            key = torch.where(fold >= 0, _random.fold_in(key, fold.clamp(min=0)), key)
+            out, new_state = base(params, model_state, sharded.batch, key)
             out = as_loss_output(out)
             scale = sharded.scale[0]
             loss = _tree.map(lambda x: x * scale, out.loss)
@@ -163,13 +170,17 @@ class DataParallel:
             (0 for a rank without rows, whose shard is then a copy of row 0).
         """
         size = int(batch.audio.shape[0])
-        lo, hi = _shard_bounds(size, self.world.size, self.world.rank)
+        bounds = [_shard_bounds(size, self.world.size, r) for r in range(self.world.size)]
+        lo, hi = bounds[self.world.rank]
         weight = (hi - lo) / size
+        filled = [b > a for a, b in bounds]
+        index = sum(filled[: self.world.rank]) if sum(filled) > 1 and hi > lo else -1
         if hi == lo:
             lo, hi = 0, 1
         shard = _tree.map(lambda x: x[lo:hi], batch)
         scale = torch.full((hi - lo,), self.world.size * weight, dtype=torch.float32)
-        return ShardedBatch(shard, scale), weight
+        fold = torch.full((hi - lo,), index, dtype=torch.int64)
+        return ShardedBatch(shard, scale, fold), weight
 
     def sync(self, model_state: Any, metrics: dict[str, torch.Tensor], weight: float,
              stop: bool) -> tuple[Any, dict[str, float], bool]:
