@@ -181,16 +181,3 @@ def test_observations_and_stats_do_not_recompile_a_jitted_step():
     assert optim.plateau_scale(state.opt_state).item() == 0.25
     assert_trees_allclose(state.params, s_e.params, rtol=1e-4, atol=1e-5)
 
-
-def test_readme_porting_snippet_runs():
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text.split("## Porting from ESPnet3, speechain and thunder-speech", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    env: dict = {}
-    exec(compile(code, "README.md", "exec"), env)
-    state, metrics = env["state"], env["metrics"]
-    assert int(state.observed.value_count) == 3 and int(state.observed.epoch) == 2
-    assert set(metrics) >= {"loss", "stats/mae", "weight"} and float(metrics["weight"]) == 8.0
