@@ -37,6 +37,7 @@ KINDS = {
     "property": "def test_block(params_state, batch):",
     "nemo": 'fctc.nemo.load_nemo("QuartzNet5x5LS-En.nemo")',
     "torchrun": "dist.init_from_env()",
+    "porting": "state = step.observe(state, epoch=epoch)",
 }
 
 
@@ -99,6 +100,10 @@ def test_block_runs_as_printed(index, workdir, monkeypatch, capsys):
         assert "encoder.0.mconv.0.conv.weight" in env["thunder_keys"]
     elif kind == "torchrun":
         assert out.startswith("step 1: loss")
+    elif kind == "porting":  # three epochs reported, three values, stats and weights logged
+        state, metrics = env["state"], env["metrics"]
+        assert int(state.observed.value_count) == 3 and int(state.observed.epoch) == 2
+        assert set(metrics) >= {"loss", "stats/mae", "weight"} and float(metrics["weight"]) == 8.0
 
 
 def test_torchrun_block_runs_under_torchrun(workdir):

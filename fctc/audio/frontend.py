@@ -18,12 +18,15 @@ log-mel features ``(B, nfilt, T)`` with per-example frame counts, in thunder's o
 
 Masking: thunder masks nothing before step 6 (its ``Masked`` wrapper only carries the lengths
 along), and neither does this module. Step 6 uses ``fctc.nn.normalize_tensor`` with a mask,
-whose statistics cover the valid frames only. Thunder's own masked normalisation sums over
-all frames, padding included, while dividing by the number of valid frames; so on padded
-batches thunder's features depend on how much padding there is. ``stats="thunder"``
-reproduces that formula exactly, for bit-parity with features thunder computed on padded
-batches. On unpadded input (a single utterance, or a batch whose lengths all equal ``N``)
-both agree with thunder.
+whose statistics cover the valid frames only. Thunder's own masked normalisation
+(thunder-speech 3.2.0's ``normalize_tensor``) first sets the padded frames to 0; its mean is
+then the mean of the valid frames, but it sums the squared deviations over all frames, so
+every padded frame adds ``(0 - mean)**2`` to the variance (which it still divides by the
+number of valid frames). On padded batches thunder's features therefore depend on how much
+padding a row has, though not on what the padding held. ``stats="thunder"`` reproduces that
+computation operation for operation, bit for bit, for parity with features thunder computed
+on padded batches. On unpadded input (a single utterance, or a batch whose lengths all equal
+``N``) the two modes agree with each other and with thunder, up to rounding.
 
 What padding can and cannot change (with ``stats="valid"``, the default):
 
@@ -193,15 +196,22 @@ def normalise(
 ) -> torch.Tensor:
     """Per-example, per-feature standardisation over each example's frames.
 
-    ``(x - mean) / (std + div_guard)`` with the population standard deviation over the first
-    ``lengths[b]`` frames; later frames become 0.
+    ``(x - mean) / (std + div_guard)`` per example and feature, with ``mean`` the mean of the
+    first ``lengths[b]`` frames; frames from ``lengths[b]`` on become 0. The statistics are
+    detached (gradients flow through ``x`` only), as in thunder.
+
+    * ``stats="valid"``: ``std`` is the population standard deviation of the valid frames;
+      what the padded frames hold never changes the result.
+    * ``stats="thunder"``: thunder-speech's ``normalize_tensor``, bit for bit: the padded
+      frames are set to 0 first, and ``std`` is ``sqrt(sum over all T frames of (x - mean)**2
+      / lengths[b])``, so each padded frame adds ``mean**2`` to the variance (see the module
+      notes). The result depends on the amount of padding, not on its contents.
 
     Args:
         features: ``(B, C, T)``.
         lengths: valid frames per example.
         div_guard: added to the standard deviation.
-        stats: ``"valid"``, or ``"thunder"`` for thunder's formula, whose sums run over all
-            ``T`` frames (see the module notes).
+        stats: ``"valid"`` or ``"thunder"``.
 
     Returns:
         The standardised features, same shape.
@@ -213,12 +223,18 @@ def normalise(
     if stats == "valid":
         return normalize_tensor(features, mask, div_guard=div_guard)
     if stats == "thunder":
-        x = features.detach()
-        count = mask.sum(dim=-1, keepdim=True)
-        mean = x.sum(dim=-1, keepdim=True) / count
-        std = ((x - mean).pow(2).sum(dim=-1, keepdim=True) / count).sqrt()
-        return torch.masked_fill((features - mean) / (std + div_guard), ~mask, 0.0)
+        return _thunder_normalise(features, mask, div_guard)
     raise ValueError(f"normalise: stats must be 'valid' or 'thunder', got {stats!r}")
+
+
+def _thunder_normalise(x: torch.Tensor, mask: torch.Tensor, div_guard: float) -> torch.Tensor:
+    """thunder-speech 3.2.0's masked ``normalize_tensor``, in its order of operations."""
+    invalid = ~mask
+    x = torch.masked_fill(x, invalid, 0.0)
+    count = mask.sum(dim=-1, keepdim=True)
+    mean = x.sum(dim=-1, keepdim=True).detach() / count
+    std = ((x - mean).pow(2).sum(dim=-1, keepdim=True).detach() / count).sqrt()
+    return torch.masked_fill((x - mean) / (std + div_guard), invalid, 0.0)
 
 
 # -- the model --------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from ..inference import Recognizer, load
 from ..metrics import ErrorCounts, error_counts
 from ..nn.core import Model
 from ..text import Vocabulary
-from ..train import make_eval_step
+from ..train import WeightedMean, make_eval_step
 from .errors import ConfigError
 
 __all__ = ["NO_GROUP", "Scorer", "evaluate_dataset", "evaluate_manifest", "group_lines",
@@ -64,13 +64,15 @@ class Scorer:
         decode: the decoder (``decode(logits, lengths) -> transcripts``); None: greedy.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         jit: compile the forward pass.
+        loss_fn: an evaluation-mode loss function whose statistics are reported too
+            (``make_eval_step(..., loss_fn=)``), or None.
     """
 
     def __init__(self, model: Model, vocabulary: Vocabulary, *, decode: Any = None,
-                 precision: str = "fp32", jit: bool = False):
+                 precision: str = "fp32", jit: bool = False, loss_fn: Any = None):
         self._frames = _FrameCounts(decode or vocabulary.decode_prediction)
         self._step = make_eval_step(model, vocabulary, reduction="none", precision=precision,
-                                    jit=jit, decode=self._frames)
+                                    jit=jit, decode=self._frames, loss_fn=loss_fn)
 
     def __call__(self, params: Any, model_state: Any, batch: _data.Batch) -> dict[str, Any]:
         """Score one batch.
@@ -82,7 +84,8 @@ class Scorer:
 
         Returns:
             ``losses`` (per utterance, each divided by its transcript's length), ``feasible``
-            (whether the transcript fits the output frames), ``transcripts``, ``references``.
+            (whether the transcript fits the output frames), ``transcripts``, ``references``,
+            and the loss function's ``stats`` and their ``weight`` (``{}`` and None without).
         """
         out = self._step(params, model_state, batch)
         target_lengths = batch.target_lengths.detach().cpu()
@@ -90,7 +93,8 @@ class Scorer:
         targets = batch.targets.detach().cpu()
         needed = torch.tensor([ctc_frames_needed(t[:n]) for t, n in zip(targets, target_lengths)])
         return {"losses": losses, "feasible": needed <= self._frames.lengths,
-                "transcripts": out.transcripts, "references": out.references}
+                "transcripts": out.transcripts, "references": out.references,
+                "stats": out.stats or {}, "weight": out.weight}
 
 
 def _group_name(value: Any) -> str:
@@ -241,7 +245,9 @@ def evaluate_dataset(
         valid JSON. ``groups`` is ``{group: {"cer", "wer", "loss", "n", "loss_excluded",
         "char_edits", ...}}`` over the scored utterances of each group, sorted by name
         (skipped utterances are counted overall only), and ``group_by`` the field; both are
-        None without groups.
+        None without groups. With a scorer whose loss function reports statistics, also
+        ``"stats"`` (their means over the batches, weighted by the weights it returned) and
+        ``"weight"`` (the total).
 
     Raises:
         ConfigError: ``group_by`` names a field that no utterance has.
@@ -250,6 +256,7 @@ def evaluate_dataset(
     plans = _data.bucket_batches(dataset.durations, batch_size=batch_size,
                                  max_batch_seconds=max_batch_seconds, shuffle=False)
     rows: list[dict[str, Any]] = []
+    stats = WeightedMean()
     for plan in plans:
         items = [dataset[i] for i in plan]
         bad = [it for it in items if isinstance(it, _data.Skipped)]
@@ -261,14 +268,21 @@ def evaluate_dataset(
         batch = dataset.collate([it for it in items if not isinstance(it, _data.Skipped)])
         if device.type != "cpu":
             batch = _tree.map(lambda x: x.to(device), batch)
-        rows.extend(_batch_rows(dataset, kept, scorer(params, model_state, batch), groups))
+        scored = scorer(params, model_state, batch)
+        rows.extend(_batch_rows(dataset, kept, scored, groups))
+        if scored.get("stats"):
+            stats.add(scored["stats"], scored["weight"])
     rows.sort(key=lambda r: r["index"])
     if output is not None:
         with open(output, "w", encoding="utf-8") as f:
             for row in rows:
                 public = {k: v for k, v in row.items() if k not in ("index", "counts")}
                 f.write(json.dumps(public, ensure_ascii=False) + "\n")
-    return _summary(rows, dataset, field)
+    result = _summary(rows, dataset, field)
+    if stats:
+        result["stats"] = {k: float(v) for k, v in stats.means().items()}
+        result["weight"] = float(stats.total_weight())
+    return result
 
 
 def evaluate_manifest(

@@ -21,6 +21,7 @@ ranks without a shard: they run the step on a copy of one utterance with weight 
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, NamedTuple
 
@@ -30,6 +31,8 @@ from .. import distributed as _dist
 from .. import random as _random
 from .. import tree as _tree
 from ..optim.base import EmptyState, GradientTransformation, with_extra_args_support
+from ..train.loss_output import LossOutput, as_loss_output, weight_of
+from ..train.stats import STATS_PREFIX
 
 __all__ = ["World", "ShardedBatch", "init_world", "DataParallel"]
 
@@ -79,6 +82,24 @@ def _shard_bounds(size: int, world: int, rank: int) -> tuple[int, int]:
     return round(rank * size / world), round((rank + 1) * size / world)
 
 
+def _weighted_stats(metrics: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A rank's statistics as weighted sums, and their weight, for the mean across ranks."""
+    stats = {k: v for k, v in metrics.items() if k.startswith(STATS_PREFIX)}
+    if not stats:
+        return {}
+    w = metrics["weight"].detach().float().to(device)
+    return {"weight": w, **{k: v.detach().float().to(device) * w for k, v in stats.items()}}
+
+
+def _stats_means(means: dict[str, torch.Tensor], world: int) -> dict[str, torch.Tensor]:
+    """The ranks' weighted means of the statistics and their summed weight, from the means of
+    the weighted sums (ESPnet3's worker averaging, :class:`fctc.train.WeightedMean`'s rule)."""
+    if not means:
+        return {}
+    w = means["weight"]
+    return {"weight": w * world, **{k: v / w for k, v in means.items() if k != "weight"}}
+
+
 class DataParallel:
     """The pieces that turn ``fctc train``'s single-process step into a data-parallel one.
 
@@ -99,14 +120,21 @@ class DataParallel:
 
         Returns:
             The same over a shard: its key folded as :class:`ShardedBatch` says (without a host
-            read), its loss times the scale.
+            read), its loss (or each named loss) times the scale; statistics pass through, with
+            weight 0 on a rank without rows.
         """
 
         def loss_fn(params, model_state, sharded, key):
             fold = sharded.fold[0]
             key = torch.where(fold >= 0, _random.fold_in(key, fold.clamp(min=0)), key)
-            loss, new_state = base(params, model_state, sharded.batch, key)
-            return loss * sharded.scale[0], new_state
+            out, new_state = base(params, model_state, sharded.batch, key)
+            out = as_loss_output(out)
+            scale = sharded.scale[0]
+            loss = _tree.map(lambda x: x * scale, out.loss)
+            if not out.stats:
+                return loss, new_state
+            weight = weight_of(out.weight, sharded.batch, scale.device) * (scale > 0)  # no rows: 0
+            return LossOutput(loss, out.stats, weight), new_state
 
         return loss_fn
 
@@ -169,7 +197,9 @@ class DataParallel:
         Returns:
             ``(model_state, metrics, stop)``: the shard-weighted mean of the floating-point
             state (integer counters are the same everywhere and kept), the summed loss of the
-            global batch and the mean gradient norm of the ranks, and whether any rank stops.
+            global batch and the mean gradient norm of the ranks (with ``finite``, which every
+            rank agrees on, and a loss function's statistics averaged by their weights), and
+            whether any rank stops.
         """
         leaves, spec = _tree.flatten(model_state)
         floating = [i for i, x in enumerate(leaves) if x.is_floating_point()]
@@ -179,9 +209,29 @@ class DataParallel:
             "loss": metrics["loss"].detach().float().to(self.device),
             "grad_norm": metrics["grad_norm"].detach().float().to(self.device),
             "stop": torch.tensor(float(stop), device=self.device),
+            "stats": _weighted_stats(metrics, self.device),
         }
         mean = _dist.mean_across(packet)
         for i, x in zip(floating, mean["state"]):
             leaves[i] = (x / mean["weight"]).to(leaves[i].dtype)
-        out = {"loss": mean["loss"], "grad_norm": mean["grad_norm"]}
+        out = {"loss": mean["loss"], "grad_norm": mean["grad_norm"],
+               **_stats_means(mean["stats"], self.world.size)}
+        if "finite" in metrics:
+            out["finite"] = metrics["finite"]
         return _tree.unflatten(spec, leaves), out, bool(mean["stop"] > 0)
+
+    def broadcast_metrics(self, metrics: dict[str, Any] | None, keys: list[str]) -> dict[str, float]:
+        """Rank 0's values of ``keys`` (a validation's metrics, which rank 0 alone computes).
+
+        Args:
+            metrics: the metrics on rank 0 (anything elsewhere).
+            keys: the keys every rank needs.
+
+        Returns:
+            ``{key: value}`` on every rank (None stays None).
+        """
+        values = [(metrics or {}).get(k) for k in keys] if self.world.rank == 0 else [None] * len(keys)
+        packet = torch.tensor([[math.nan if v is None else float(v), float(v is None)] for v in values],
+                              dtype=torch.float64, device=self.device)
+        packet = _dist.broadcast_tree({"v": packet})["v"]
+        return {k: None if bool(none) else float(v) for k, (v, none) in zip(keys, packet.tolist())}

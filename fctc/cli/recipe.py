@@ -139,63 +139,77 @@ def build_model(
         raise ConfigError(f"model.encoder: {e}") from None
 
 
-def _schedule(config: dict[str, Any], total_updates: int):
+SCHEDULES = ("constant", "onecycle", "plateau", "warmup_cosine")
+
+
+def _schedule(config: dict[str, Any], total: int):
+    """The learning-rate schedule of the ``schedule`` section over ``total`` counts (updates,
+    or epochs with ``interval: epoch``); ``plateau`` starts at the peak and is cut by
+    :func:`_plateau`."""
     lr = float(config["optimizer"]["learning_rate"])
     sched = config["schedule"]
     name = sched["name"]
     warm = float(sched["warmup_fraction"])
     if not 0.0 <= warm < 1.0:
         raise ConfigError(f"schedule.warmup_fraction must lie in [0, 1), got {warm}")
-    if name == "constant":
+    if name in ("constant", "plateau"):
         return optim.constant_schedule(lr)
     if name == "warmup_cosine":
-        warmup = min(int(round(warm * total_updates)), total_updates - 1)
+        warmup = min(int(round(warm * total)), total - 1)
         return optim.warmup_cosine_decay_schedule(
-            0.0, lr, warmup, total_updates, end_value=lr * float(sched["end_fraction"])
+            0.0, lr, warmup, total, end_value=lr * float(sched["end_fraction"])
         )
     if name == "onecycle":
-        return optim.torch_onecycle_schedule(lr, total_updates, pct_start=warm)
-    raise ConfigError(
-        f"schedule.name must be one of ['constant', 'onecycle', 'warmup_cosine'], got {name!r}"
-    )
+        return optim.torch_onecycle_schedule(lr, total, pct_start=warm)
+    raise ConfigError(f"schedule.name must be one of {list(SCHEDULES)}, got {name!r}")
 
 
-def _base_optimizer(opt: dict[str, Any], schedule) -> optim.FusedTransformation:
+def _plateau(sched: dict[str, Any]) -> optim.GradientTransformation:
+    """``reduce_on_plateau`` of the ``schedule`` section (``patience``, ``factor``; their
+    ranges are :mod:`fctc.cli.schema`'s)."""
+    return optim.reduce_on_plateau(factor=float(sched["factor"]), patience=int(sched["patience"]))
+
+
+def _base_optimizer(opt: dict[str, Any], schedule, schedule_input: str | None = None) -> optim.FusedTransformation:
     """The ``optimizer`` section's optimiser, its learning rate injected into the state.
 
     Only the learning rate becomes a state tensor (``find_hyperparams`` reads it for the log);
     the other hyperparameters stay Python numbers, which keeps AdamW on torch's fused CPU
-    kernel.
+    kernel. ``schedule_input="epoch"``: the schedule counts epochs.
     """
     name = opt["name"]
+    inject = lambda f, static: optim.inject_hyperparams(f, static_args=static, schedule_input=schedule_input)  # noqa: E731
     if name == "adamw":
         static = ("b1", "b2", "eps", "eps_root", "weight_decay")
-        return optim.inject_hyperparams(optim.adamw, static_args=static)(
+        return inject(optim.adamw, static)(
             schedule, b1=opt["b1"], b2=opt["b2"], eps=opt["eps"], weight_decay=opt["weight_decay"]
         )
     if name == "adam":
         static = ("b1", "b2", "eps", "eps_root")
-        return optim.inject_hyperparams(optim.adam, static_args=static)(
-            schedule, b1=opt["b1"], b2=opt["b2"], eps=opt["eps"]
-        )
+        return inject(optim.adam, static)(schedule, b1=opt["b1"], b2=opt["b2"], eps=opt["eps"])
     if name == "sgd":
-        return optim.inject_hyperparams(optim.sgd, static_args=("momentum",))(schedule, momentum=opt["momentum"])
+        return inject(optim.sgd, ("momentum",))(schedule, momentum=opt["momentum"])
     raise ConfigError(f"optimizer.name must be one of ['adam', 'adamw', 'sgd'], got {name!r}")
 
 
-def build_optimizer(config: dict[str, Any], total_updates: int):
+def build_optimizer(config: dict[str, Any], total_updates: int, total_epochs: int | None = None):
     """The optimiser of ``config``: clipping, the optimiser with its schedule, accumulation.
 
     ``training.accumulate_batches = k`` averages the gradients of ``k`` consecutive batches
     per update (:class:`fctc.optim.MultiSteps`): the schedule counts updates, and the learning
     rate of the last update is in the optimiser state (:func:`fctc.optim.find_hyperparams`).
+    With ``schedule.interval: epoch`` the schedule counts epochs instead (the train step
+    passes the epoch, :func:`fctc.train.observe`); ``schedule.name: plateau`` appends
+    :func:`fctc.optim.reduce_on_plateau`, which the loop feeds the monitored metric.
 
     Args:
       config: the merged configuration.
       total_updates: the optimiser updates of the run (:func:`total_updates`).
+      total_epochs: the epochs of the run (needed with ``schedule.interval: epoch``).
 
     Returns:
-      ``(tx, schedule)``: the transformation and its learning-rate schedule.
+      ``(tx, schedule)``: the transformation and its learning-rate schedule (of the update
+      count, or of the epoch).
 
     Raises:
       ConfigError: no updates, an unknown optimiser or schedule, or a bad
@@ -203,9 +217,14 @@ def build_optimizer(config: dict[str, Any], total_updates: int):
     """
     if total_updates < 1:
         raise ConfigError(f"the run has no optimiser updates (total {total_updates}); train longer")
-    opt = config["optimizer"]
-    schedule = _schedule(config, total_updates)
-    base = _base_optimizer(opt, schedule)
+    opt, sched = config["optimizer"], config["schedule"]
+    by_epoch = sched["interval"] == "epoch"
+    if by_epoch and (total_epochs is None or total_epochs < 1):
+        raise ConfigError(f"schedule.interval: epoch needs the run's epochs, got {total_epochs!r}")
+    schedule = _schedule(config, total_epochs if by_epoch else total_updates)
+    base = _base_optimizer(opt, schedule, "epoch" if by_epoch else None)
+    if sched["name"] == "plateau":
+        base = optim.chain(base, _plateau(sched))
     clip = opt["clip_grad_norm"]
     tx = optim.chain(optim.clip_by_global_norm(float(clip)), base) if clip is not None else base
     k = config["training"]["accumulate_batches"]

@@ -49,9 +49,10 @@ from .checkpoints import (
 from .config import ConfigError, dump_config
 from .decoding import write_decoding_files
 from .evaluate import Scorer, evaluate_dataset
-from .logs import LogWindow, MetricsLog, plot_curves
+from .logs import LogWindow, MetricsLog, plot_curves, stat_columns
 from .parallel import DataParallel, World
 from .progress import Progress
+from .schedule_feed import ScheduleFeed
 from .recipe import build_model, build_optimizer, total_updates
 from .training_data import TrainingData, nothing_usable
 
@@ -110,6 +111,10 @@ class Trainer:
         log: where progress messages go (the bar itself writes to stderr).
         progress: show the progress bar.
         world: this process's place under ``torchrun`` (default: alone).
+        loss_fn: ``loss_fn(model, vocabulary, train) -> loss function`` (the contract of
+            :func:`fctc.train.make_train_step`) for a model in training (True) or evaluation
+            (False) mode; None: the CTC loss. The statistics it reports are logged
+            (``train/<key>``, ``val_<key>``) and may be a plateau's ``schedule.monitor``.
 
     Raises:
         ConfigError: a manifest that does not exist, or a model the config cannot build.
@@ -118,7 +123,7 @@ class Trainer:
 
     def __init__(self, config: dict[str, Any], out_dir: Path, device: torch.device,
                  resume: Path | None = None, log=print, progress: bool = True,
-                 world: World | None = None):
+                 world: World | None = None, loss_fn=None):
         self.config = config
         self.out_dir = Path(out_dir)
         self.device = device
@@ -135,6 +140,8 @@ class Trainer:
         vocabulary = Vocabulary.from_dict(meta["vocabulary"]) if meta is not None else None
         self.data = TrainingData(config, vocabulary)
         self.vocabulary, self.sample_rate = self.data.vocabulary, self.data.sample_rate
+        self.loss_fn = loss_fn
+        self.feed = ScheduleFeed(config["schedule"], self.data.val_set is not None, stats=loss_fn is not None)
         self._build_steps()
         history = self._init_state(resume)
         if self.cache_features:
@@ -151,19 +158,25 @@ class Trainer:
         self.cache_features = bool(config["data"]["cache_features"])
         self.model = build_model(config["model"], self.vocabulary)
         train_model = build_model(config["model"], self.vocabulary, self.cache_features)
-        tx, self.schedule = build_optimizer(config, total_updates(self.total_steps, accumulate))
+        run_epochs = self.epochs or math.ceil(self.total_steps / len(self.data.plan(0)))
+        tx, self.schedule = build_optimizer(config, total_updates(self.total_steps, accumulate), run_epochs)
         self.parallel = DataParallel(self.world, self.device) if self.world.size > 1 else None
-        loss_fn = None
+        loss_fn = None if self.loss_fn is None else self.loss_fn(train_model, self.vocabulary, True)
         if self.parallel is not None:
             tx = self.parallel.transformation(tx)
-            loss_fn = self.parallel.loss_fn(ctc_loss_fn(train_model, self.vocabulary.blank_idx))
+            loss_fn = self.parallel.loss_fn(loss_fn or ctc_loss_fn(train_model, self.vocabulary.blank_idx))
         self.step_fn = make_train_step(
             train_model, tx, loss_fn, blank=self.vocabulary.blank_idx,
             precision=train_cfg["precision"],
             jit=bool(train_cfg["jit"]), donate=bool(train_cfg["donate"]),
         )
-        self.eval_step = Scorer(self.model, self.vocabulary, precision=train_cfg["precision"],
-                                jit=bool(train_cfg["jit"]))
+        self.eval_step = self._scorer(self.model, self.vocabulary, bool(train_cfg["jit"]))
+
+    def _scorer(self, model, vocabulary: Vocabulary, jit: bool = False) -> Scorer:
+        """The :class:`Scorer` of ``model``, with the evaluation-mode twin of a custom loss."""
+        loss = None if self.loss_fn is None else self.loss_fn(model, vocabulary, False)
+        return Scorer(model, vocabulary, precision=self.config["training"]["precision"], jit=jit,
+                      loss_fn=loss)
 
     def _init_state(self, resume: Path | None) -> list[dict[str, Any]]:
         """The train state and position, fresh or from ``resume``; returns the metrics history."""
@@ -186,6 +199,7 @@ class Trainer:
         self.step = int(state.step)
         self.window = LogWindow.from_dict(meta.get("window"))
         self.validated_step = int(meta.get("validated_step", self.step))
+        self._last_val: dict[str, Any] | None = None
         return history
 
     def _open_outputs(self, history: list[dict[str, Any]], fresh: bool) -> MetricsLog:
@@ -280,11 +294,17 @@ class Trainer:
         )
         if not result["n"]:
             raise nothing_usable("validation", self.data.val_path, self.data.val_set)
-        return {"val_loss": result["loss"], "val_cer": result["cer"], "val_wer": result["wer"]}
+        val = {"val_loss": result["loss"], "val_cer": result["cer"], "val_wer": result["wer"]}
+        if "stats" in result:
+            val.update(stat_columns(result["stats"], result["weight"], validation=True))
+        return val
 
     def _lr(self) -> float:
-        """The learning rate of the last update, as the optimiser state holds it."""
-        return float(optim.find_hyperparams(self.state.opt_state)["learning_rate"])
+        """The learning rate of the last update, as the optimiser state holds it (times the
+        plateau's scale, when the schedule has one)."""
+        lr = optim.find_hyperparams(self.state.opt_state)["learning_rate"]
+        scale = optim.plateau_scale(self.state.opt_state)
+        return float(lr if scale is None else lr * scale)
 
     def _done(self) -> bool:
         if self.epochs is None:
@@ -339,11 +359,14 @@ class Trainer:
             RunError: no batch of the epoch could be loaded (nothing left to train on).
         """
         trained = False
+        self.state = self.feed.epoch_started(self.step_fn, self.state, self.epoch)
         for batch, position in self.data.batches(self.epoch, self.batch_index):
             self._train_step(batch)
             trained = True
             self.batch_index = position
             self._after_step()
+            if self.batch_index >= len(self.data.plan(self.epoch)):
+                self._end_of_epoch()
             if self.interrupted or (self.epochs is None and self._done()):
                 return
         if not trained and self.batch_index == 0:
@@ -364,6 +387,7 @@ class Trainer:
             self.state = self.state._replace(model_state=model_state)
         self.step += 1
         self.window.add(m["loss"], m["grad_norm"], utterances)
+        self.window.add_stats(m)
         self.elapsed = self._elapsed0 + time.perf_counter() - self._t_run
 
     def _last_step(self) -> bool:
@@ -409,15 +433,37 @@ class Trainer:
             "utterances_per_s": values["utterances_per_s"],
             "nonfinite": int(self.state.nonfinite_total),
         }
+        row.update({k: v for k, v in values.items() if k.startswith("train/") or k == "weight"})
         if self.metrics is not None:
             self.metrics.append(row)
         self.bar.postfix(loss=row["loss"], lr=row["lr"], utt_s=row["utterances_per_s"])
 
+    def _end_of_epoch(self) -> None:
+        """With a plateau counting epochs: validate (unless this step just did), report the
+        monitor, and save ``last/`` so that a resumed run holds the report."""
+        if not self.feed.validates_at_epoch_end:
+            return
+        if self.validated_step != self.step:
+            self._validate_and_save()
+        self._report(self._last_val, at_epoch_end=True)
+        if self.writes:
+            self.save_last()
+
+    def _report(self, val: dict[str, Any] | None, at_epoch_end: bool) -> None:
+        """Report the validation's monitored metric to the optimiser when it counts
+        (rank 0 validates; under torchrun every rank gets its value)."""
+        if not self.feed.reports(at_epoch_end):
+            return
+        if self.parallel is not None:
+            val = self.parallel.broadcast_metrics(val, [self.feed.monitor])
+        self.state = self.feed.validated(self.step_fn, self.state, val, at_epoch_end)
+
     def _validate_and_save(self) -> None:
         self.validated_step = self.step
+        val = self._last_val = self.validate() if self.writes else None
+        self._report(val, at_epoch_end=False)
         if not self.writes:
             return
-        val = self.validate()
         if val is not None:
             self.metrics.append({"step": self.step, "epoch": self._row_epoch(), "kind": "validation",
                                  "elapsed_s": round(self.elapsed, 3), **val})
@@ -451,8 +497,7 @@ class Trainer:
         checkpoint = resolve_checkpoint(self.out_dir)
         loaded = load_checkpoint_model(checkpoint, self.device)
         test_set = self.data.dataset(self.data.read(self.data.test_path), loaded.vocabulary)
-        scorer = Scorer(loaded.model, loaded.vocabulary,
-                        precision=self.config["training"]["precision"])
+        scorer = self._scorer(loaded.model, loaded.vocabulary)
         result = evaluate_dataset(
             scorer, loaded.params, loaded.state, test_set, self.device,
             output=self.out_dir / "test_predictions.jsonl", **self.data.batching(),
