@@ -15,6 +15,7 @@ from .feature_augment import random_warp as random_warp
 from .feature_augment import spec_augment as spec_augment
 from .frontend import DIV_GUARD as DIV_GUARD
 from .frontend import LOG_GUARD as LOG_GUARD
+from .frontend import PAD_MODES as PAD_MODES
 from .frontend import dither as dither
 from .frontend import feature_lengths as feature_lengths
 from .frontend import filterbank as filterbank
