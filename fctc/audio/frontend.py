@@ -56,8 +56,9 @@ import torch
 
 from .. import random as _random
 from ..nn.blocks import lengths_to_mask, normalize_tensor
-from ..nn.core import Model, check_lengths, check_rank
+from ..nn.core import Model
 from .mel import mel_filterbank
+from .waveform import check_audio
 
 __all__ = [
     "LOG_GUARD",
@@ -265,18 +266,6 @@ def _check_filterbank_args(n_window_size, n_window_stride, n_fft, stats, dither,
         )
 
 
-def _check_audio(audio: torch.Tensor, lengths: torch.Tensor, name: str) -> None:
-    check_rank(audio, 2, name, "audio (batch, samples)")
-    if not audio.is_floating_point():
-        raise TypeError(f"{name}: audio must be floating point, got {audio.dtype}")
-    if audio.shape[-1] == 0:
-        raise ValueError(
-            f"{name}: audio is empty (shape {tuple(audio.shape)}); a batch needs at least one "
-            "sample per row: drop empty utterances first (fctc.data skips them)"
-        )
-    check_lengths(lengths, audio, name)
-
-
 def _buffers(state, name: str, n_window_size: int, nfilt: int, n_freqs: int):
     """The window and mel filterbank buffers of a front end's ``state``, shapes checked."""
     try:
@@ -349,7 +338,7 @@ def filterbank(
     def apply(params, state, audio, lengths, train: bool = False, key=None):
         """Features ``(B, nfilt, T)`` and their lengths from audio ``(B, N)`` and its lengths."""
         name = "filterbank"
-        _check_audio(audio, lengths, name)
+        check_audio(audio, lengths, name)
         window, fb = _buffers(state, name, n_window_size, nfilt, n_freqs)
         x = audio
         if train and amount > 0:

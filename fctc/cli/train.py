@@ -45,7 +45,7 @@ from .evaluate import evaluate_dataset
 from .logs import MetricsLog, plot_curves
 from .progress import Progress
 from .recipe import (
-    build_front_end,
+    build_feature_cache,
     build_model,
     build_optimizer,
     build_vocabulary,
@@ -171,7 +171,7 @@ class Trainer:
         self.cache = None
         if self.cache_features:
             front_state = _tree.map(lambda x: x.cpu(), state.model_state["audio_transform"])
-            self.cache = _data.FeatureCache(self.train_set, build_front_end(config["model"]), front_state)
+            self.cache = build_feature_cache(config["model"], self.train_set, front_state, int(config["seed"]))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         dump_config(config, self.out_dir / "config.yaml")
         write_decoding_files(self.out_dir, [u.text for u in self.train_utts], self.vocabulary, config)
@@ -207,7 +207,7 @@ class Trainer:
         """``(batch, position)`` pairs of an epoch's plan from batch ``start`` on."""
         plan = self._epoch_batches(epoch)
         if self.cache is not None:
-            yield from self.cache.iterate(plan, start)
+            yield from self.cache.iterate(plan, start, epoch)
             return
         loader = _data.make_loader(
             self.train_set, plan, num_workers=int(self.config["data"]["num_workers"]),
