@@ -29,4 +29,4 @@ from .adapter import FunctionalModule as FunctionalModule
 from .inference import Recognizer as Recognizer
 from .inference import load as load
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402,F401

@@ -11,6 +11,10 @@ choice of machinery lives in one place:
 * :func:`vmap` is ``torch.func.vmap``.
 * :func:`jit` compiles a pure function with ``torch.compile``; ``jit(fn, enabled=False)`` runs
   the very same function eagerly, so every compiled path has an eager twin for tests.
+* :func:`all_finite` and :func:`select` are :mod:`fctc.tree`'s branch-free checks with the one
+  host shortcut fctc takes: eagerly on the CPU, where reading a flag back costs no device
+  synchronisation (:func:`host_is_free`), the choice is made in Python. On accelerators and
+  under tracing they stay tensor operations.
 """
 
 from __future__ import annotations
@@ -24,14 +28,95 @@ import torch.func
 
 from . import tree as _tree
 
-__all__ = ["value_and_grad", "grad", "vjp", "vmap", "jit", "is_tracing"]
+__all__ = [
+    "value_and_grad",
+    "grad",
+    "vjp",
+    "vmap",
+    "jit",
+    "is_tracing",
+    "host_is_free",
+    "all_finite",
+    "select",
+]
 
 
 def is_tracing() -> bool:
-    """True while torch.compile traces or a functorch transform (grad, vmap) is active."""
+    """Whether torch.compile traces or a functorch transform (grad, vmap) is active.
+
+    Returns:
+      True inside ``torch.compile`` tracing or a ``torch.func`` transform: then Python must not
+      branch on tensor values, and buffers must not be written in place.
+    """
     if torch.compiler.is_compiling():
         return True
     return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def host_is_free(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether reading values of ``tensors`` back to Python costs no device synchronisation.
+
+    Args:
+      tensors: the tensors a decision would read.
+
+    Returns:
+      True outside tracing when every tensor lives on the CPU.
+    """
+    return not is_tracing() and all(x.device.type == "cpu" for x in tensors)
+
+
+def all_finite(tree: Any, norm: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`fctc.tree.all_finite`, with one global norm instead of a mask per leaf on the CPU.
+
+    Eagerly on the CPU a finite global norm proves every element finite (a NaN or Inf anywhere
+    makes any p-norm NaN or Inf): one reduction over all leaves, read on the host. Only a
+    non-finite norm (a bad element, or a sum of squares that overflowed) falls back to the
+    element-wise check, so the answer is always the element-wise one. Elsewhere this is
+    :func:`fctc.tree.all_finite`: tensor operations only.
+
+    Args:
+      tree: a pytree of tensors.
+      norm: a global norm of ``tree`` (any p) that the caller already has, to spare the
+        reduction; None computes the 2-norm when the shortcut applies.
+
+    Returns:
+      A 0-d bool tensor.
+    """
+    xs = [x for x in _tree.leaves(tree) if x.is_floating_point()]
+    if not xs:
+        return torch.ones((), dtype=torch.bool)
+    if host_is_free(xs):
+        if norm is None:
+            norm = _tree.global_norm(xs)
+        if bool(torch.isfinite(norm)):
+            return torch.ones((), dtype=torch.bool)
+    return _tree.all_finite(xs)
+
+
+def select(pred: torch.Tensor, on_true: Any, on_false: Any) -> Any:
+    """:func:`fctc.tree.select`, decided on the host when that costs nothing.
+
+    Eagerly with a CPU ``pred`` the choice is made once in Python and the chosen leaves come
+    back as they are (no copy of a whole parameter or optimiser-state tree); on accelerators
+    and under tracing it is a ``torch.where`` per leaf. The results are the same.
+
+    Args:
+      pred: a 0-d bool tensor.
+      on_true: the tree chosen where ``pred`` holds.
+      on_false: a tree of the same structure, chosen otherwise.
+
+    Returns:
+      A tree with ``on_false``'s dtypes, devices and non-tensor leaves.
+    """
+    if not host_is_free([pred]):
+        return _tree.select(pred, on_true, on_false)
+    if not bool(pred):
+        return on_false
+    a, spec = _tree.flatten(on_true)
+    out = []
+    for x, y in zip(a, spec.flatten_up_to(on_false)):
+        out.append(torch.as_tensor(x, device=y.device).to(y.dtype) if isinstance(y, torch.Tensor) else y)
+    return _tree.unflatten(spec, out)
 
 
 def _check_argnums(argnums: int | Sequence[int], nargs: int) -> tuple[int, ...]:
@@ -78,6 +163,15 @@ def value_and_grad(
     returned function gives ``(value, grads)`` or ``((value, aux), grads)``; ``grads`` mirrors
     the pytree of the argument named by ``argnums`` (a tuple of them when ``argnums`` is a
     tuple). Leaves the value does not depend on get zero gradients. Inputs are never mutated.
+
+    Args:
+      fn: the function to differentiate.
+      argnums: the positional argument(s) to differentiate with respect to.
+      has_aux: ``fn`` returns ``(value, aux)``.
+
+    Returns:
+      The function computing ``(value, grads)`` (``((value, aux), grads)`` with ``has_aux``);
+      it raises ``TypeError``/``ValueError`` for a non-scalar value or bad ``argnums``.
     """
 
     @functools.wraps(fn)
@@ -157,7 +251,16 @@ def _autograd_path(fn, nums, argnums, has_aux, args, kwargs):
 def grad(
     fn: Callable[..., Any], argnums: int | Sequence[int] = 0, has_aux: bool = False
 ) -> Callable[..., Any]:
-    """Return a function computing the gradient of ``fn`` (``(grads, aux)`` with ``has_aux``)."""
+    """Return a function computing the gradient of ``fn`` (``(grads, aux)`` with ``has_aux``).
+
+    Args:
+      fn: the function to differentiate.
+      argnums: the positional argument(s) to differentiate with respect to.
+      has_aux: ``fn`` returns ``(value, aux)``.
+
+    Returns:
+      The function computing the gradients.
+    """
     vg = value_and_grad(fn, argnums=argnums, has_aux=has_aux)
 
     @functools.wraps(fn)
@@ -176,6 +279,14 @@ def vjp(fn: Callable[..., Any], *primals: Any, has_aux: bool = False):
     that get no cotangent) and returns a tuple with one gradient pytree per primal. It may be
     called several times, which is how one forward pass serves several losses (multi-loss
     routing). Leaves of ``out`` that no cotangent reaches cost nothing in the backward pass.
+
+    Args:
+      fn: the function.
+      *primals: its arguments (pytrees of floating tensors).
+      has_aux: ``fn`` returns ``(out, aux)``.
+
+    Returns:
+      ``(out, vjp_fn)`` or ``(out, vjp_fn, aux)``.
     """
     if is_tracing():
         res = torch.func.vjp(fn, *primals, has_aux=has_aux)
@@ -226,7 +337,17 @@ def vmap(
     randomness: str = "error",
     chunk_size: int | None = None,
 ) -> Callable[..., Any]:
-    """Vectorise ``fn`` over a batch dimension (``torch.func.vmap``)."""
+    """Vectorise ``fn`` over a batch dimension (``torch.func.vmap``).
+
+    Args:
+      fn: the function of one example.
+      in_dims, out_dims: the batch dimensions of the inputs and outputs.
+      randomness: torch.func's randomness mode.
+      chunk_size: examples per chunk (None: all at once).
+
+    Returns:
+      The vectorised function.
+    """
     return torch.func.vmap(
         fn, in_dims=in_dims, out_dims=out_dims, randomness=randomness, chunk_size=chunk_size
     )
@@ -247,6 +368,14 @@ def jit(
     Usable as ``jit(fn)``, ``jit(fn, enabled=flag)`` or as a decorator ``@jit(fullgraph=True)``.
     The function must be pure (no mutation of its inputs, randomness only from keys), which is
     what lets the compiled and the eager paths agree.
+
+    Args:
+      fn: the function (None: return a decorator).
+      enabled: compile (else return ``fn`` itself).
+      fullgraph, dynamic, mode, backend, options: ``torch.compile``'s.
+
+    Returns:
+      The compiled function (or ``fn``, or a decorator).
     """
     if fn is None:
         return functools.partial(

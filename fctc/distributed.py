@@ -62,8 +62,8 @@ import torch
 import torch.distributed as _dist
 
 from . import tree as _tree
+from .optim.accumulation import MultiSteps
 from .optim.base import EmptyState, GradientTransformation, with_extra_args_support
-from .optim.wrappers import MultiSteps
 
 __all__ = [
     "init_from_env",
@@ -83,22 +83,44 @@ __all__ = [
 
 
 def is_initialized() -> bool:
-    """True when a default ``torch.distributed`` process group exists."""
+    """True when a default ``torch.distributed`` process group exists.
+
+    Returns:
+      Whether a default ``torch.distributed`` process group exists.
+    """
     return _dist.is_available() and _dist.is_initialized()
 
 
 def rank(group: Any = None) -> int:
-    """This process's rank in ``group`` (the default group); 0 when not distributed."""
+    """This process's rank in ``group`` (the default group); 0 when not distributed.
+
+    Args:
+      group: a process group (None: the default one).
+
+    Returns:
+      This process's rank (0 when not distributed).
+    """
     return _dist.get_rank(group) if is_initialized() else 0
 
 
 def world_size(group: Any = None) -> int:
-    """The number of processes in ``group`` (the default group); 1 when not distributed."""
+    """The number of processes in ``group`` (the default group); 1 when not distributed.
+
+    Args:
+      group: a process group (None: the default one).
+
+    Returns:
+      The number of processes (1 when not distributed).
+    """
     return _dist.get_world_size(group) if is_initialized() else 1
 
 
 def barrier(group: Any = None) -> None:
-    """Wait until every process reaches this point; nothing when not distributed."""
+    """Wait until every process reaches this point; nothing when not distributed.
+
+    Args:
+      group: a process group (None: the default one).
+    """
     if is_initialized() and world_size(group) > 1:
         _dist.barrier(group)
 
@@ -124,6 +146,18 @@ def init_from_env(backend: str | None = None, timeout: float | None = None) -> t
     Idempotent: a second call returns the existing group's rank and size. Run without
     ``torchrun`` (no ``WORLD_SIZE`` in the environment) it initialises nothing and returns
     ``(0, 1)``, so one script serves both cases.
+
+    Args:
+      backend: the process-group backend (default: gloo, or gloo and NCCL with CUDA).
+      timeout: the collectives' timeout in seconds (None: torch's).
+
+    Returns:
+      ``(rank, world_size)``.
+
+    Raises:
+      RuntimeError: ``WORLD_SIZE`` is set without the rest of torchrun's environment, or
+        torch has no distributed support.
+      ValueError: a variable of the environment is not an integer.
     """
     if is_initialized():
         return rank(), world_size()
@@ -229,6 +263,14 @@ def all_reduce_gradients(group: Any = None, average: bool = True) -> GradientTra
     pass the same value. :class:`DistributedMultiSteps` uses it so that only the micro-step that
     emits an update communicates; a tensor ``sync`` is read on the host (a graph break under
     ``torch.compile``).
+
+    Args:
+      group: a process group (None: the default one).
+      average: divide the sum by the world size.
+
+    Returns:
+      A stateless :class:`~fctc.optim.GradientTransformation`; its update raises ``TypeError``
+      when averaging integer updates or for a bad ``sync``.
     """
 
     def init(params):
@@ -315,11 +357,19 @@ class DistributedMultiSteps(MultiSteps):
         self._group = group
 
     def update(self, updates: Any, state: Any, params: Any = None, **extra) -> tuple[Any, Any]:
-        """Accumulate; on the ``k``-th call all-reduce the accumulated gradient and run ``opt``."""
+        """Accumulate; on the ``k``-th call all-reduce the accumulated gradient and run ``opt``.
+
+        Args:
+          updates: this rank's gradients of this call.
+          state: the :class:`~fctc.optim.MultiStepsState`.
+          params: the parameters.
+          **extra: passed to ``opt``'s update.
+
+        Returns:
+          ``(updates, new_state)``, as :meth:`fctc.optim.MultiSteps.update`.
+        """
         if _active(self._group):
-            mini = state.mini_step
-            k = torch.as_tensor(self._every_k_schedule(state.gradient_step), device=mini.device)
-            extra["sync"] = mini == (k.to(mini.dtype) - 1)
+            extra["sync"] = self.emits(state)  # the all-reduce runs only where the window ends
         else:
             extra.pop("sync", None)
         return super().update(updates, state, params, **extra)
@@ -354,6 +404,17 @@ def broadcast_tree(tree: Any, src: int = 0, group: Any = None) -> Any:
     must have the same structure, shapes and dtypes on every rank, else every rank raises a
     ``ValueError``. Returns new tensors (one broadcast per device and dtype); the input is not
     modified. Non-tensor leaves are kept as they are. Identity when not distributed.
+
+    Args:
+      tree: the tree (the same structure, shapes and dtypes on every rank).
+      src: the rank whose copy everyone gets.
+      group: a process group (None: the default one).
+
+    Returns:
+      Rank ``src``'s tree, in new tensors.
+
+    Raises:
+      ValueError: the trees differ between ranks.
     """
     if not _active(group):
         return tree
@@ -388,6 +449,17 @@ def shard_batch(batch: Any, rank: int | None = None, world_size: int | None = No
     order and seed). Equal shards keep the average of the ranks' batch-mean gradients equal to
     the whole batch's. Raises ``ValueError`` when the batch size is not divisible by the world
     size or the leaves disagree on it. Returns views; nothing is copied or modified.
+
+    Args:
+      batch: the global batch (a pytree of tensors with a batch dimension 0).
+      rank, world_size: the shard to take (default: this process's).
+
+    Returns:
+      This rank's shard (views).
+
+    Raises:
+      ValueError: a bad rank or world size, no tensors, a 0-d leaf, leaves of different
+        sizes, or a batch size not divisible by the world size.
     """
     distributed = is_initialized()
     r = (_dist.get_rank() if distributed else 0) if rank is None else rank
@@ -425,6 +497,13 @@ def mean_across(tree: Any, group: Any = None) -> Any:
     Floating leaves keep their dtype; integer and bool leaves come back as float32 means (a
     ``finite`` flag gives the fraction of ranks whose step was finite). One all-reduce per
     device and dtype, so call it every few steps for logging. Identity when not distributed.
+
+    Args:
+      tree: the tree (e.g. the step's metrics).
+      group: a process group (None: the default one).
+
+    Returns:
+      The tree of means.
     """
     if not _active(group):
         return tree

@@ -29,6 +29,7 @@ __all__ = [
     "full_like",
     "global_norm",
     "cast",
+    "device_of",
     "flatten_dict",
     "unflatten_dict",
     "paths",
@@ -45,12 +46,31 @@ def map(fn: Callable[..., Any], tree: PyTree, *rest: PyTree, is_leaf=None) -> Py
     """Apply ``fn`` leaf-wise over one or more trees of the same structure.
 
     ``fn`` receives one leaf from each tree. The result has the structure of ``tree``.
+
+    Args:
+      fn: the function of one leaf per tree.
+      tree: the first tree; its structure is the result's.
+      *rest: more trees of the same structure.
+      is_leaf: a predicate that stops the descent (optree's).
+
+    Returns:
+      The mapped tree.
     """
     return optree.tree_map(fn, tree, *rest, is_leaf=is_leaf, namespace=_NS)
 
 
 def map_with_path(fn: Callable[..., Any], tree: PyTree, *rest: PyTree, is_leaf=None) -> PyTree:
-    """Like :func:`map`, but ``fn`` first receives the leaf's ``"a.b.c"`` key."""
+    """Like :func:`map`, but ``fn`` first receives the leaf's ``"a.b.c"`` key.
+
+    Args:
+      fn: ``fn(key, leaf, *other_leaves)``.
+      tree: the first tree.
+      *rest: more trees of the same structure.
+      is_leaf: a predicate that stops the descent.
+
+    Returns:
+      The mapped tree.
+    """
     keys = paths(tree, is_leaf=is_leaf)
     flat, spec = optree.tree_flatten(tree, is_leaf=is_leaf, namespace=_NS)
     others = [spec.flatten_up_to(r) for r in rest]
@@ -59,46 +79,115 @@ def map_with_path(fn: Callable[..., Any], tree: PyTree, *rest: PyTree, is_leaf=N
 
 
 def leaves(tree: PyTree, is_leaf=None) -> list[Any]:
-    """The leaves of ``tree`` in optree's canonical order (dict keys sorted)."""
+    """The leaves of ``tree`` in optree's canonical order (dict keys sorted).
+
+    Args:
+      tree: a pytree.
+      is_leaf: a predicate that stops the descent.
+
+    Returns:
+      The list of leaves.
+    """
     return optree.tree_leaves(tree, is_leaf=is_leaf, namespace=_NS)
 
 
 def flatten(tree: PyTree, is_leaf=None) -> tuple[list[Any], Any]:
-    """Return ``(leaves, treedef)``; :func:`unflatten` inverts it."""
+    """Return ``(leaves, treedef)``; :func:`unflatten` inverts it.
+
+    Args:
+      tree: a pytree.
+      is_leaf: a predicate that stops the descent.
+
+    Returns:
+      ``(leaves, treedef)``.
+    """
     return optree.tree_flatten(tree, is_leaf=is_leaf, namespace=_NS)
 
 
 def unflatten(treedef: Any, leaves_: list[Any]) -> PyTree:
-    """Rebuild a tree from a ``treedef`` (from :func:`flatten` or :func:`structure`) and leaves."""
+    """Rebuild a tree from a ``treedef`` (from :func:`flatten` or :func:`structure`) and leaves.
+
+    Args:
+      treedef: the structure.
+      leaves_: one value per leaf, in order.
+
+    Returns:
+      The tree.
+    """
     return optree.tree_unflatten(treedef, leaves_)
 
 
 def structure(tree: PyTree, is_leaf=None) -> Any:
-    """The tree definition of ``tree`` (its shape without the leaves)."""
+    """The tree definition of ``tree`` (its shape without the leaves).
+
+    Args:
+      tree: a pytree.
+      is_leaf: a predicate that stops the descent.
+
+    Returns:
+      The treedef.
+    """
     return optree.tree_structure(tree, is_leaf=is_leaf, namespace=_NS)
 
 
 def zeros_like(tree: PyTree, dtype: torch.dtype | None = None) -> PyTree:
-    """A tree of zero tensors shaped like ``tree`` (optionally of another dtype)."""
+    """A tree of zero tensors shaped like ``tree`` (optionally of another dtype).
+
+    Args:
+      tree: a pytree of tensors.
+      dtype: the result's dtype (default: each leaf's).
+
+    Returns:
+      The tree of zeros.
+    """
     return map(lambda x: torch.zeros_like(x, dtype=dtype), tree)
 
 
 def ones_like(tree: PyTree, dtype: torch.dtype | None = None) -> PyTree:
-    """A tree of one-filled tensors shaped like ``tree``."""
+    """A tree of one-filled tensors shaped like ``tree``.
+
+    Args:
+      tree: a pytree of tensors.
+      dtype: the result's dtype (default: each leaf's).
+
+    Returns:
+      The tree of ones.
+    """
     return map(lambda x: torch.ones_like(x, dtype=dtype), tree)
 
 
 def full_like(tree: PyTree, value: float, dtype: torch.dtype | None = None) -> PyTree:
-    """A tree of tensors shaped like ``tree`` filled with ``value``."""
+    """A tree of tensors shaped like ``tree`` filled with ``value``.
+
+    Args:
+      tree: a pytree of tensors.
+      value: the fill value.
+      dtype: the result's dtype (default: each leaf's).
+
+    Returns:
+      The filled tree.
+    """
     return map(lambda x: torch.full_like(x, value, dtype=dtype), tree)
 
 
 def global_norm(tree: PyTree, ord: float = 2.0) -> torch.Tensor:
     """The ``ord``-norm of all leaves taken together, as one float32 scalar tensor.
 
-    ``ord`` may be any positive number or ``inf`` (largest absolute value), matching
-    ``torch.nn.utils.clip_grad_norm_(norm_type=ord)``. An empty tree has norm 0. Leaves on
-    several devices are reduced on the device of the first leaf.
+    The one global norm of fctc: :func:`fctc.optim.clip_by_global_norm` clips by it and the
+    train step logs it. Matches ``torch.nn.utils.clip_grad_norm_(norm_type=ord)``.
+
+    Args:
+      tree: a pytree of tensors (a list of tensors is one). Empty leaves add nothing; integer
+        leaves count as their float values.
+      ord: any positive number, or ``inf`` (the largest absolute value).
+
+    Returns:
+      A 0-d float32 tensor on the device of the first non-empty leaf (0 for an empty tree):
+      per-leaf norms in the leaves' dtype, one fused kernel per (device, dtype), then their
+      norm in float32.
+
+    Raises:
+      ValueError: ``ord`` is not positive (or is NaN).
     """
     xs = [x for x in leaves(tree) if x.numel()]  # empty leaves add nothing (and break inf)
     ord = float(ord)
@@ -106,9 +195,14 @@ def global_norm(tree: PyTree, ord: float = 2.0) -> torch.Tensor:
         raise ValueError(f"global_norm: ord must be positive or inf, got {ord}")
     if not xs:
         return torch.zeros((), dtype=torch.float32)
-    device = xs[0].device
-    norms = _per_leaf_norms(xs, ord)
-    stacked = torch.stack([n.to(device=device, dtype=torch.float32) for n in norms])
+    device, dtype = xs[0].device, xs[0].dtype
+    if dtype.is_floating_point and all(x.dtype == dtype and x.device == device for x in xs):
+        stacked = torch.stack(torch._foreach_norm(xs, ord))  # the common case: one kernel
+        if dtype != torch.float32:
+            stacked = stacked.to(torch.float32)
+    else:
+        norms = _per_leaf_norms(xs, ord)
+        stacked = torch.stack([n.to(device=device, dtype=torch.float32) for n in norms])
     return torch.linalg.vector_norm(stacked, ord)
 
 
@@ -130,7 +224,16 @@ def _per_leaf_norms(xs: list[torch.Tensor], ord: float) -> list[torch.Tensor]:
 
 
 def cast(tree: PyTree, dtype: torch.dtype, only_floating: bool = True) -> PyTree:
-    """Cast leaves to ``dtype``. By default integer leaves (counters) are left as they are."""
+    """Cast leaves to ``dtype``; by default integer leaves (counters) are left as they are.
+
+    Args:
+      tree: a pytree of tensors.
+      dtype: the target dtype.
+      only_floating: cast floating leaves only (the default), or every leaf.
+
+    Returns:
+      A new tree (leaves already of ``dtype`` are returned as they are).
+    """
 
     def _cast(x):
         if only_floating and not x.is_floating_point():
@@ -140,32 +243,38 @@ def cast(tree: PyTree, dtype: torch.dtype, only_floating: bool = True) -> PyTree
     return map(_cast, tree)
 
 
-def _eager_on_cpu(xs: list) -> bool:
-    """True outside tracing when every tensor lives on the CPU: reading one back to the host
-    then costs no device synchronisation."""
-    from .backend import is_tracing
+def device_of(tree: PyTree) -> torch.device:
+    """The device of the first tensor leaf of ``tree``: where state built for it belongs.
 
-    return not is_tracing() and all(x.device.type == "cpu" for x in xs)
+    Args:
+      tree: a pytree (parameters, updates, a list of tensors).
+
+    Returns:
+      That leaf's device, or the CPU when the tree holds no tensor.
+    """
+    for x in leaves(tree):
+        if isinstance(x, torch.Tensor):
+            return x.device
+    return torch.device("cpu")
 
 
-def all_finite(tree: PyTree, norm: torch.Tensor | None = None) -> torch.Tensor:
+def all_finite(tree: PyTree) -> torch.Tensor:
     """A boolean scalar tensor: True when every floating leaf is free of NaN and Inf.
 
-    On accelerators and under tracing there is no host synchronisation: one ``isfinite``
-    reduction per leaf, and the answer stays a tensor. Eagerly on the CPU, a finite global
-    norm (``norm``, any p-norm the caller already has, else the 2-norm computed here) proves
-    every element finite, since a NaN or Inf anywhere makes such a norm NaN or Inf: one reduction
-    over all leaves instead of one mask per leaf. Only a non-finite norm (a bad element, or a
-    sum of squares that overflowed) falls back to the element-wise check. Same answer always.
+    One ``isfinite`` reduction per leaf and no host synchronisation, on every device and
+    under tracing. :func:`fctc.backend.all_finite` gives the same answer with an eager CPU
+    shortcut.
+
+    Args:
+      tree: a pytree of tensors; integer and bool leaves are always finite.
+
+    Returns:
+      A 0-d bool tensor (True for a tree without floating leaves), on the first floating
+      leaf's device.
     """
     xs = [x for x in leaves(tree) if x.is_floating_point()]
     if not xs:
         return torch.ones((), dtype=torch.bool)
-    if _eager_on_cpu(xs):
-        if norm is None:
-            norm = global_norm(xs)
-        if bool(torch.isfinite(norm)):
-            return torch.ones((), dtype=torch.bool)
     device = xs[0].device
     checks = [torch.isfinite(x).all().to(device) for x in xs]
     return torch.stack(checks).all()
@@ -174,37 +283,53 @@ def all_finite(tree: PyTree, norm: torch.Tensor | None = None) -> torch.Tensor:
 def select(pred: torch.Tensor, on_true: PyTree, on_false: PyTree) -> PyTree:
     """Leaf-wise ``torch.where(pred, on_true, on_false)`` for a boolean scalar ``pred``.
 
-    The result keeps ``on_false``'s dtypes and devices, and its non-tensor leaves come from
-    ``on_false``; NaN in the side not chosen never leaks into the result. Eagerly with a CPU
-    ``pred`` the choice is made once on the host and the chosen leaves come back as they are
-    (no copy of a whole parameter or optimiser-state tree); on accelerators and under tracing
-    a ``torch.where`` per leaf keeps the caller free of host synchronisations.
+    Branch-free (no host synchronisation, one compiled graph for both outcomes);
+    :func:`fctc.backend.select` makes the choice on the host where that costs nothing.
+
+    Args:
+      pred: a 0-d bool tensor.
+      on_true: the tree chosen where ``pred`` holds.
+      on_false: a tree of the same structure, chosen otherwise.
+
+    Returns:
+      A tree with ``on_false``'s dtypes and devices; its non-tensor leaves come from
+      ``on_false``. NaN in the side not chosen never leaks into the result.
     """
     a, spec = flatten(on_true)
     b = spec.flatten_up_to(on_false)
-    take_true = bool(pred) if _eager_on_cpu([pred]) else None
     out = []
     for x, y in zip(a, b):
         if not isinstance(y, torch.Tensor):
             out.append(y)
             continue
-        if take_true is False:
-            out.append(y)
-            continue
         x = torch.as_tensor(x, device=y.device)
-        if take_true is None:
-            x = torch.where(pred.to(y.device), x, y)
-        out.append(x.to(y.dtype))
+        out.append(torch.where(pred.to(y.device), x, y).to(y.dtype))
     return unflatten(spec, out)
 
 
 def size(tree: PyTree) -> int:
-    """The total number of elements over all leaves (a parameter count)."""
+    """The total number of elements over all leaves (a parameter count).
+
+    Args:
+      tree: a pytree of tensors.
+
+    Returns:
+      The number of elements.
+    """
     return sum(x.numel() for x in leaves(tree))
 
 
 def paths(tree: PyTree, sep: str = ".", is_leaf=None) -> list[str]:
-    """The ``sep``-joined key of every leaf, in the order of :func:`leaves`."""
+    """The ``sep``-joined key of every leaf, in the order of :func:`leaves`.
+
+    Args:
+      tree: a pytree.
+      sep: the separator.
+      is_leaf: a predicate that stops the descent.
+
+    Returns:
+      One key per leaf.
+    """
     ps = optree.tree_paths(tree, is_leaf=is_leaf, namespace=_NS)
     return [sep.join(str(p) for p in path) for path in ps]
 
@@ -214,6 +339,16 @@ def flatten_dict(tree: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
 
     Empty sub-dicts vanish (a layer without parameters has no ``state_dict`` entries).
     This is how a params pytree becomes a ``state_dict``.
+
+    Args:
+      tree: nested dicts with string keys.
+      sep: the separator.
+
+    Returns:
+      The flat dict.
+
+    Raises:
+      ValueError: an empty key, a key holding ``sep``, or no mapping at the top.
     """
     out: dict[str, Any] = {}
 
@@ -236,7 +371,18 @@ def flatten_dict(tree: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
 
 
 def unflatten_dict(flat: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
-    """Flat ``"a.b.c"`` keys back to nested dicts (the inverse of :func:`flatten_dict`)."""
+    """Flat ``"a.b.c"`` keys back to nested dicts (the inverse of :func:`flatten_dict`).
+
+    Args:
+      flat: ``{"a.b.c": value}``.
+      sep: the separator.
+
+    Returns:
+      The nested dicts.
+
+    Raises:
+      ValueError: a key that is both a leaf and a subtree.
+    """
     out: dict[str, Any] = {}
     for key, value in flat.items():
         parts = key.split(sep)

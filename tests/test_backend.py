@@ -226,3 +226,52 @@ def test_jit_traces_value_and_grad_through_torch_func(batch):
     (ref_value, ref_aux), ref_grads = backend.value_and_grad(with_aux, has_aux=True)(params, x, y)
     ft.assert_trees_allclose((value, aux), (ref_value, ref_aux), rtol=1e-12)
     ft.assert_trees_allclose(grads, ref_grads, rtol=1e-12, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------- host shortcuts
+
+
+def test_all_finite_cpu_shortcut_is_exact():
+    """The eager CPU path (one global norm instead of a mask per leaf) answers what the
+    element-wise check answers, overflowing sums of squares included, with or without a
+    precomputed norm."""
+    import fctc.tree as T
+
+    big = torch.full((8,), 1e30)  # finite, but its sum of squares overflows
+    cases = [
+        {"a": torch.randn(5), "b": torch.randn(2, 3)},
+        {"a": torch.randn(5), "b": torch.tensor([1.0, float("nan")])},
+        {"a": torch.tensor([float("inf")]), "b": torch.randn(3)},
+        {"a": torch.tensor([-float("inf")], dtype=torch.float16)},
+        {"a": big},
+        {"a": big, "b": torch.tensor([float("nan")])},
+        {},
+    ]
+    for tree in cases:
+        exact = all(bool(torch.isfinite(x).all()) for x in T.leaves(tree))
+        assert bool(backend.all_finite(tree)) == exact, tree
+        assert bool(T.all_finite(tree)) == exact, tree
+        if tree:
+            assert bool(backend.all_finite(tree, T.global_norm(tree))) == exact, tree
+
+
+def test_host_is_free_only_eagerly_on_the_cpu():
+    assert backend.host_is_free([torch.zeros(1), torch.ones(2)])
+    assert not backend.host_is_free([torch.zeros(1), torch.zeros(1, device="meta")])
+    seen = []
+
+    def f(x):
+        seen.append(backend.host_is_free([x]))
+        return x + 1
+
+    torch.compile(f, backend="eager", fullgraph=True)(torch.zeros(1))
+    assert seen == [False]
+
+
+def test_select_on_the_host_returns_the_chosen_leaves_themselves():
+    new = {"w": torch.ones(3), "s": 1}
+    old = {"w": torch.zeros(3), "s": 2}
+    out = backend.select(torch.tensor(True), new, old)
+    assert out["w"] is new["w"] and out["s"] == 2
+    out = backend.select(torch.tensor(False), new, old)
+    assert out["w"] is old["w"]

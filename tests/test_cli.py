@@ -492,6 +492,32 @@ def test_optimizer_schedules_and_accumulation():
         build_optimizer(config, 0)
 
 
+def test_logged_learning_rate_is_read_from_the_optimiser_state(tiny_config, tmp_path):
+    """With accumulate_batches=2 the lr column is the learning rate of the last applied update
+    (the schedule at that update's count, as inject_hyperparams holds it), and the metrics
+    keep one row per batch."""
+    config = yaml.safe_load(tiny_config.read_text())
+    config["training"].update(accumulate_batches=2, eval_every=100, checkpoint_every=100)
+    config["schedule"] = {"name": "warmup_cosine", "warmup_fraction": 0.5}
+    out = tmp_path / "accum"
+    assert main(["train", "--config", str(_write(tmp_path / "a.yaml", config)), "--out", str(out), "--no-progress"]) == 0
+    _, schedule = build_optimizer(merge_config(default_config(), config), total_updates(STEPS, 2))
+    train = [r for r in _train_rows(out) if r["kind"] == "train"]
+    applied = [0, 1, 1, 2]  # updates applied after steps 1..4
+    want = [float(schedule(torch.tensor(max(n - 1, 0)))) for n in applied]
+    assert [int(r["step"]) for r in train] == [1, 2, 3, 4]
+    assert [float(r["lr"]) for r in train] == pytest.approx(want, rel=1e-6, abs=0)
+    assert want[0] == want[1] == 0.0 and want[3] > 0.0  # warm-up from 0: the rows differ
+
+
+def test_one_accumulation_key():
+    """training.accumulate_batches is the one accumulation key of fctc train."""
+    training = default_config()["training"]
+    assert "accumulate_batches" in training and "micro_batches" not in training
+    with pytest.raises(ConfigError, match="micro_batches"):
+        merge_config(default_config(), {"training": {"micro_batches": 2}})
+
+
 def test_output_frames_matches_the_model():
     config = default_config()
     frames = output_frames(config["model"])

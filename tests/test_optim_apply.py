@@ -144,11 +144,12 @@ def test_donation_leaves_parameters_that_require_grad_alone():
 
 
 def test_mixed_sizes_and_dtypes_with_two_threads():
-    """Two threads send small leaves to the foreach path and large ones to the fused kernel;
-    float64 leaves and a mixed-dtype leaf take the foreach path. Results match the two-call form."""
+    """With cpu_kernel="split", two threads send small leaves to the foreach path and large ones
+    to the fused kernel; float64 leaves and a mixed-dtype leaf take the foreach path. Results
+    match the two-call form."""
     torch.set_num_threads(2)
     params = {**make_params(6), "big": torch.randn(300, 300, dtype=torch.float64), "tiny": torch.randn(3)}
-    tx = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(warmup, mu_dtype=torch.float64))
+    tx = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(warmup, mu_dtype=torch.float64, cpu_kernel="split"))
     ref_p, ref_s = run(tx, params, 4, fused_apply=False)
     p, s = run(tx, params, 4, fused_apply=True, donate=True)
     fctc.testing.assert_trees_allclose(p, ref_p, rtol=2e-6, atol=1e-7)

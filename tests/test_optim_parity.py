@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fctc.optim as optim
-import fctc.optim.transforms as transforms
+import fctc.optim._kernels as kernels
 from fctc import tree as T
 
 STEPS = 100
@@ -75,9 +75,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(params=["fused", "foreach"])
 def adam_path(request, monkeypatch):
     if request.param == "foreach":
-        monkeypatch.setattr(transforms, "_FUSED_ADAMW", None)
+        monkeypatch.setattr(kernels, "_FUSED_ADAMW", None)
     else:  # route every leaf, even these small ones, through torch's fused CPU kernel
-        monkeypatch.setattr(transforms, "FUSED_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(kernels, "FUSED_MIN_ELEMENTS", 0)
     return request.param
 
 

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fctc.optim as optim
-import fctc.optim.transforms as transforms
+import fctc.optim._kernels as kernels
 from fctc import backend
 from fctc import tree as T
 
@@ -133,9 +133,9 @@ def adam_reference(grads_seq, b1, b2, eps, eps_root=0.0, nesterov=False):
 )
 def test_scale_by_adam_formula(kw, path, monkeypatch):
     if path == "foreach":
-        monkeypatch.setattr(transforms, "_FUSED_ADAMW", None)
+        monkeypatch.setattr(kernels, "_FUSED_ADAMW", None)
     else:
-        monkeypatch.setattr(transforms, "FUSED_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(kernels, "FUSED_MIN_ELEMENTS", 0)
     p = make_params()
     outs, state = run(optim.scale_by_adam(**kw), p, steps=4)
     full = {"b1": 0.9, "b2": 0.999, "eps": 1e-8, **kw}
@@ -162,21 +162,21 @@ def test_scale_by_adam_mu_dtype_stores_first_moment_in_that_dtype():
 
 def test_fused_and_foreach_paths_agree_and_fused_is_used(monkeypatch):
     calls = []
-    real = transforms._FUSED_ADAMW
+    real = kernels._FUSED_ADAMW
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    p = {"big": torch.randn(transforms.FUSED_MIN_ELEMENTS + 5), "small": torch.randn(7)}
-    monkeypatch.setattr(transforms, "_FUSED_ADAMW", counting)
-    torch.set_num_threads(2)  # big leaf fused, small leaf foreach (see _split_by_size)
+    p = {"big": torch.randn(kernels.FUSED_MIN_ELEMENTS + 5), "small": torch.randn(7)}
+    monkeypatch.setattr(kernels, "_FUSED_ADAMW", counting)
+    torch.set_num_threads(2)  # with cpu_kernel="split": big leaf fused, small leaf foreach
     try:
-        fused, fs = run(optim.adamw(1e-2, weight_decay=0.1), p, steps=3)
+        fused, fs = run(optim.adamw(1e-2, weight_decay=0.1, cpu_kernel="split"), p, steps=3)
     finally:
         torch.set_num_threads(1)
     assert calls, "the fused CPU kernel was not used"
-    monkeypatch.setattr(transforms, "_FUSED_ADAMW", None)
+    monkeypatch.setattr(kernels, "_FUSED_ADAMW", None)
     plain, ps = run(optim.adamw(1e-2, weight_decay=0.1), p, steps=3)
     for a, b in zip(fused, plain):  # updates are ~1e-2 (the learning rate): 1e-7 is rounding
         close(a, b, rtol=1e-5, atol=1e-7)
@@ -339,7 +339,7 @@ def test_purity_and_determinism(name):
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "scale_by_adam"])
 def test_fused_path_is_pure(name, monkeypatch):
-    monkeypatch.setattr(transforms, "FUSED_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(kernels, "FUSED_MIN_ELEMENTS", 0)
     test_purity_and_determinism(name)
 
 
@@ -393,10 +393,10 @@ def test_blocking_gives_identical_results(monkeypatch):
     """CPU cache blocking only changes the order in which leaves are processed."""
     p = {f"l{i}": torch.randn(100 + i) for i in range(12)}
     for name in ["adamw", "rmsprop", "trace", "scale_by_adam_nesterov"]:
-        monkeypatch.setattr(transforms, "BLOCK_ELEMENTS", 1 << 30)
+        monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", 1 << 30)
         whole, sw = run(all_transforms()[name], p, steps=2)
-        monkeypatch.setattr(transforms, "BLOCK_ELEMENTS", 250)
-        assert len(transforms._blocks(T.leaves(p))) > 3
+        monkeypatch.setattr(kernels, "BLOCK_ELEMENTS", 250)
+        assert len(kernels.blocks(T.leaves(p))) > 3
         blocked, sb = run(all_transforms()[name], p, steps=2)
         close(whole, blocked, rtol=0, atol=0)
         close(sw, sb, rtol=0, atol=0)

@@ -462,3 +462,17 @@ def test_compiled_wrappers_do_not_recompile():
     assert_trees_equal(comp_s, eager_s)
     assert torch.equal(comp_p["b"], params["b"])
     assert comp_s[0].inner_state.gradient_step.item() == 3
+
+
+def test_multisteps_emits_and_every_k_are_its_public_clock():
+    """emits(state) says whether the next call ends a window (what DistributedMultiSteps reads
+    to all-reduce once per update); with a schedule, k follows gradient_step."""
+    params = {"w": torch.zeros(2)}
+    ms = optim.MultiSteps(scale_by(1.0), lambda step: torch.where(step < 1, 2, 3))
+    state = ms.init(params)
+    seen = []
+    for _ in range(8):
+        seen.append((int(ms.every_k(state)), bool(ms.emits(state))))
+        _, state = ms.update({"w": torch.ones(2)}, state)
+        assert bool(ms.has_updated(state)) == seen[-1][1]
+    assert seen == [(2, False), (2, True), (3, False), (3, False), (3, True), (3, False), (3, False), (3, True)]

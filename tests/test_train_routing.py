@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -117,3 +118,14 @@ def test_routing_errors_name_the_problem():
         only_ctc(only_ctc.init_state(random.key(0)), tiny_batch(0))
     with pytest.raises(ValueError, match="param_labels needs a dict"):
         make_train_step(MODEL, optim.sgd(0.1), two_losses, param_labels=LABELS)
+
+
+def test_labels_resolve_prefixes_strings_and_functions():
+    params = {"enc": {"w": torch.ones(2), "b": torch.ones(1)}, "dec": {"w": torch.ones(3)}}
+    groups = {"a": optim.sgd(0.1), "b": optim.sgd(0.1)}
+    want = {"enc": {"w": "a", "b": "a"}, "dec": {"w": "b"}}
+    assert fctc.train.resolve_labels({"enc": "a", "dec": {"w": "b"}}, params, groups) == want
+    assert fctc.train.Labels(lambda p: {"enc": "a", "dec": "b"}, groups).of(params) == want
+    assert fctc.train.resolve_labels("a", params, groups) == fctc.tree.map(lambda _: "a", params)
+    with pytest.raises(ValueError, match="no mask/label covers the parameter 'dec.w'"):
+        fctc.train.resolve_labels({"enc": "a"}, params, groups)

@@ -234,31 +234,14 @@ def test_unflatten_dict_conflicts():
     assert tree.unflatten_dict({"a/b": 1}, sep="/") == {"a": {"b": 1}}
 
 
-def test_all_finite_cpu_shortcut_is_exact():
-    """The eager CPU path (one global norm instead of a mask per leaf) answers what the
-    element-wise check answers, overflowing sums of squares included, with or without a
-    precomputed norm."""
-    import fctc.tree as T
+@pytest.mark.parametrize("module", ["tree", "backend"])
+def test_select_keeps_false_side_dtypes_and_never_leaks_nan(module):
+    """fctc.tree.select is branch-free; fctc.backend.select decides on the host on the CPU:
+    the same results."""
+    import fctc.backend
+    import fctc.tree
 
-    big = torch.full((8,), 1e30)  # finite, but its sum of squares overflows
-    cases = [
-        {"a": torch.randn(5), "b": torch.randn(2, 3)},
-        {"a": torch.randn(5), "b": torch.tensor([1.0, float("nan")])},
-        {"a": torch.tensor([float("inf")]), "b": torch.randn(3)},
-        {"a": torch.tensor([-float("inf")], dtype=torch.float16)},
-        {"a": big},
-        {"a": big, "b": torch.tensor([float("nan")])},
-        {},
-    ]
-    for tree in cases:
-        exact = all(bool(torch.isfinite(x).all()) for x in T.leaves(tree))
-        assert bool(T.all_finite(tree)) == exact, tree
-        if tree:
-            assert bool(T.all_finite(tree, T.global_norm(tree))) == exact, tree
-
-
-def test_select_keeps_false_side_dtypes_and_never_leaks_nan():
-    import fctc.tree as T
+    T = fctc.tree if module == "tree" else fctc.backend
 
     new = {"w": torch.tensor([float("nan"), 1.0]), "n": torch.tensor(3, dtype=torch.int64), "s": 5}
     old = {"w": torch.tensor([2.0, 2.0], dtype=torch.float64), "n": torch.tensor(1, dtype=torch.int32), "s": 7}
@@ -268,3 +251,27 @@ def test_select_keeps_false_side_dtypes_and_never_leaks_nan():
     out = T.select(torch.tensor(True), new, old)
     assert out["w"].dtype == torch.float64 and torch.isnan(out["w"][0]) and int(out["n"]) == 3
     assert out["s"] == 7  # non-tensor leaves always come from on_false
+
+
+def test_device_of_is_the_first_tensor_leafs():
+    assert tree.device_of({"a": 3, "b": torch.zeros(2, device="meta")}) == torch.device("meta")
+    assert tree.device_of({"a": torch.zeros(1), "b": torch.zeros(1, device="meta")}) == torch.device("cpu")
+    assert tree.device_of({}) == torch.device("cpu") and tree.device_of([None, 1.0]) == torch.device("cpu")
+
+
+def test_all_finite_and_select_need_no_host_read():
+    """The generic tree helpers stay tensor operations (no bool() of a tensor), so a compiled
+    graph holds them whole; fctc.backend has the host shortcuts."""
+    import torch._dynamo
+
+    def f(pred, a, b):
+        return tree.all_finite(a), tree.select(pred, a, b)
+
+    a = {"w": torch.tensor([1.0, float("nan")]), "n": torch.tensor(2)}
+    b = {"w": torch.zeros(2), "n": torch.tensor(1)}
+    compiled = torch.compile(f, backend="eager", fullgraph=True)
+    for pred in (torch.tensor(True), torch.tensor(False)):
+        got, want = compiled(pred, a, b), f(pred, a, b)
+        assert bool(got[0]) is bool(want[0]) is False
+        assert torch.equal(got[1]["w"].nan_to_num(7.0), want[1]["w"].nan_to_num(7.0))
+    torch._dynamo.reset()

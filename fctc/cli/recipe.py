@@ -249,27 +249,56 @@ def _schedule(config: dict[str, Any], total_updates: int):
     )
 
 
+def _base_optimizer(opt: dict[str, Any], schedule) -> optim.FusedTransformation:
+    """The ``optimizer`` section's optimiser, its learning rate injected into the state.
+
+    Only the learning rate becomes a state tensor (``find_hyperparams`` reads it for the log);
+    the other hyperparameters stay Python numbers, which keeps AdamW on torch's fused CPU
+    kernel.
+    """
+    name = opt["name"]
+    if name == "adamw":
+        static = ("b1", "b2", "eps", "eps_root", "weight_decay")
+        return optim.inject_hyperparams(optim.adamw, static_args=static)(
+            schedule, b1=opt["b1"], b2=opt["b2"], eps=opt["eps"], weight_decay=opt["weight_decay"]
+        )
+    if name == "adam":
+        static = ("b1", "b2", "eps", "eps_root")
+        return optim.inject_hyperparams(optim.adam, static_args=static)(
+            schedule, b1=opt["b1"], b2=opt["b2"], eps=opt["eps"]
+        )
+    if name == "sgd":
+        return optim.inject_hyperparams(optim.sgd, static_args=("momentum",))(schedule, momentum=opt["momentum"])
+    raise ConfigError(f"optimizer.name must be one of ['adam', 'adamw', 'sgd'], got {name!r}")
+
+
 def build_optimizer(config: dict[str, Any], total_updates: int):
-    """``(tx, schedule)``: the optimiser of ``config`` (with clipping and accumulation) and its
-    learning-rate schedule over ``total_updates`` optimiser updates."""
+    """The optimiser of ``config``: clipping, the optimiser with its schedule, accumulation.
+
+    ``training.accumulate_batches = k`` averages the gradients of ``k`` consecutive batches
+    per update (:class:`fctc.optim.MultiSteps`): the schedule counts updates, and the learning
+    rate of the last update is in the optimiser state (:func:`fctc.optim.find_hyperparams`).
+
+    Args:
+      config: the merged configuration.
+      total_updates: the optimiser updates of the run (:func:`total_updates`).
+
+    Returns:
+      ``(tx, schedule)``: the transformation and its learning-rate schedule.
+
+    Raises:
+      ConfigError: no updates, an unknown optimiser or schedule, or a bad
+        ``training.accumulate_batches``.
+    """
     if total_updates < 1:
         raise ConfigError(f"the run has no optimiser updates (total {total_updates}); train longer")
     opt = config["optimizer"]
     schedule = _schedule(config, total_updates)
-    name = opt["name"]
-    if name == "adamw":
-        base = optim.adamw(schedule, b1=opt["b1"], b2=opt["b2"], eps=opt["eps"],
-                           weight_decay=opt["weight_decay"])
-    elif name == "adam":
-        base = optim.adam(schedule, b1=opt["b1"], b2=opt["b2"], eps=opt["eps"])
-    elif name == "sgd":
-        base = optim.sgd(schedule, momentum=opt["momentum"])
-    else:
-        raise ConfigError(f"optimizer.name must be one of ['adam', 'adamw', 'sgd'], got {name!r}")
+    base = _base_optimizer(opt, schedule)
     clip = opt["clip_grad_norm"]
     tx = optim.chain(optim.clip_by_global_norm(float(clip)), base) if clip is not None else base
     k = config["training"]["accumulate_batches"]
-    if not isinstance(k, int) or k < 1:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ConfigError(f"training.accumulate_batches must be a positive int, got {k!r}")
     if k > 1:
         tx = optim.MultiSteps(tx, k).gradient_transformation()
@@ -277,7 +306,15 @@ def build_optimizer(config: dict[str, Any], total_updates: int):
 
 
 def total_updates(total_steps: int, accumulate_batches: int) -> int:
-    """Optimiser updates in a run of ``total_steps`` batches."""
+    """Optimiser updates in a run of ``total_steps`` batches.
+
+    Args:
+      total_steps: the batches of the run.
+      accumulate_batches: batches per update.
+
+    Returns:
+      The number of updates (at least 1; a last incomplete window counts).
+    """
     return max(1, math.ceil(total_steps / accumulate_batches))
 
 

@@ -29,6 +29,7 @@ import torch
 
 from .. import checkpoint as _ckpt
 from .. import data as _data
+from .. import optim
 from .. import random as _random
 from .. import tree as _tree
 from ..text import Vocabulary
@@ -146,10 +147,8 @@ class Trainer:
         self.model = build_model(config["model"], self.vocabulary)
         train_model = build_model(config["model"], self.vocabulary, self.cache_features)
         tx, self.schedule = build_optimizer(config, total_updates(self.total_steps, accumulate))
-        self.accumulate = accumulate
         self.step_fn = make_train_step(
-            train_model, tx, blank=self.vocabulary.blank_idx,
-            accum_steps=train_cfg["micro_batches"], precision=train_cfg["precision"],
+            train_model, tx, blank=self.vocabulary.blank_idx, precision=train_cfg["precision"],
             jit=bool(train_cfg["jit"]), donate=bool(train_cfg["donate"]),
         )
         self.eval_step = make_eval_step(
@@ -273,8 +272,9 @@ class Trainer:
         )
         return {"val_loss": result["loss"], "val_cer": result["cer"], "val_wer": result["wer"]}
 
-    def _lr(self, step: int) -> float:
-        return float(self.schedule(torch.tensor(step // self.accumulate)))
+    def _lr(self) -> float:
+        """The learning rate of the last update, as the optimiser state holds it."""
+        return float(optim.find_hyperparams(self.state.opt_state)["learning_rate"])
 
     def run(self) -> bool:
         """Train until ``total_steps`` (or Ctrl-C). Returns True when the run is complete."""
@@ -318,7 +318,7 @@ class Trainer:
                             "elapsed_s": round(self.elapsed, 3),
                             "loss": float(losses[finite].mean()) if finite.any() else float("nan"),
                             "grad_norm": float(torch.stack(window_norms).float().nanmean()),
-                            "lr": self._lr(step - 1),
+                            "lr": self._lr(),
                             "utterances_per_s": window_utts / max(now - t_window, 1e-9),
                             "nonfinite": int(self.state.nonfinite_total),
                         }

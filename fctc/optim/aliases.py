@@ -14,17 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import optree
 import torch
 
-from .base import EmptyState, GradientTransformation, chain, identity
+from ._kernels import AdamHyper, check_cpu_kernel
+from ._prefix import PrefixTree
+from .base import EmptyState, FusedTransformation, GradientTransformation, chain, identity, safe_int32_increment
+from .masking import MaskedState
 from .transforms import (
     ScaleByScheduleState,
     _adam_init,
     _adam_step,
-    _is_none,
-    _Leaves,
-    safe_int32_increment,
     scale_by_learning_rate,
     scale_by_rms,
     scale_by_stddev,
@@ -47,6 +46,15 @@ def sgd(
 
     ``chain(trace(momentum, nesterov), scale_by_learning_rate(learning_rate))``: the same
     iterates as ``torch.optim.SGD(lr, momentum, nesterov=nesterov)`` with ``dampening=0``.
+
+    Args:
+      learning_rate: a number, a 0-d tensor, or a schedule.
+      momentum: the momentum (None: plain SGD).
+      nesterov: Nesterov's momentum.
+      accumulator_dtype: the dtype of the momentum buffer.
+
+    Returns:
+      A :class:`~fctc.optim.GradientTransformation` (a :func:`~fctc.optim.chain`).
     """
     first = (
         trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
@@ -56,113 +64,59 @@ def sgd(
     return chain(first, scale_by_learning_rate(learning_rate))
 
 
-def _mask_per_leaf(mask: Any, updates: Any, lv: _Leaves) -> list[bool]:
-    tree = mask(updates) if callable(mask) else mask
-    try:
-        full = optree.broadcast_prefix(tree, updates, is_leaf=_is_none, namespace="fctc")
-    except (ValueError, TypeError) as e:
-        raise ValueError(
-            f"adamw: mask must be a tree of bools shaped like the parameters (or a prefix of it); {e}"
-        ) from None
-    keep = full if lv.idx is None else [full[i] for i in lv.idx]
-    out = []
-    for k in keep:
-        if isinstance(k, torch.Tensor):
-            raise TypeError(
-                "adamw: mask leaves must be Python bools (they are decided when the step is "
-                "built), got a tensor; use e.g. lambda p: fctc.tree.map(lambda x: x.ndim > 1, p)"
-            )
-        out.append(bool(k))
-    return out
+def _python_bool(m: Any, where: str) -> bool:
+    """A weight-decay mask value: a Python bool (decided when the step is built)."""
+    if isinstance(m, torch.Tensor):
+        raise TypeError(
+            f"{where}: mask leaves must be Python bools (they are decided when the step is "
+            "built), got a tensor; use e.g. lambda p: fctc.tree.map(lambda x: x.ndim > 1, p)"
+        )
+    return bool(m)
 
 
-def _fused_adam(
-    learning_rate: ScalarOrSchedule,
-    b1: Scalar,
-    b2: Scalar,
-    eps: Scalar,
-    eps_root: Scalar,
-    mu_dtype: torch.dtype | None,
-    nesterov: bool,
-    decay: bool,
-    weight_decay: Scalar = 0.0,
-    mask: Any = None,
-) -> GradientTransformation:
-    """Adam (``decay=False``) or AdamW as one transformation with the state of optax's chain."""
-    scheduled = callable(learning_rate)
+def _fused_adam(learning_rate, h: AdamHyper, mu_dtype, decay: bool, mask: Any = None) -> FusedTransformation:
+    """Adam (``decay=False``) or AdamW as one fused transformation with the state of optax's chain.
+
+    ``h`` holds the hyperparameters with ``lr=None`` (taken from ``learning_rate``, a constant
+    or a schedule, at each update) and ``wd`` (None for Adam).
+    """
+    name = "adamw" if decay else "adam"
     lr_tx = scale_by_learning_rate(learning_rate)
+    wd_mask = None if mask is None else PrefixTree(mask, name, _python_bool)
+    n = 3 if decay else 2
 
     def init(params):
-        states: list = [_adam_init(params, mu_dtype)]
-        if decay:
-            if mask is None:
-                states.append(EmptyState())
-            else:
-                from .wrappers import MaskedState
+        wd_state = [] if not decay else [EmptyState() if mask is None else MaskedState(EmptyState())]
+        return (_adam_init(params, mu_dtype), *wd_state, lr_tx.init(params))
 
-                states.append(MaskedState(EmptyState()))
-        states.append(lr_tx.init(params))
-        return tuple(states)
-
-    def update(updates, state, params=None, **extra):
-        del extra
-        return _update(updates, state, params, None)
-
-    def scaled_update(updates, state, params, input_scale, **extra):
-        """``update(updates * input_scale, ...)``, the factor applied inside the kernel."""
-        del extra
-        return _update(updates, state, params, input_scale)
-
-    def apply(updates, state, params, *, input_scale=None, input_norm=None, donate=False, **extra):
-        """``params + update(updates * input_scale, ...)`` and the new state, the sum taken in
-        the kernel (see :func:`~fctc.optim.update_and_apply`); ``input_norm``, a norm of
-        ``updates`` when the caller has one, spares the finiteness check of a donated call."""
-        del extra
-        if params is None:
-            raise ValueError("update_and_apply: the parameters are needed; got params=None")
-        return _update(
-            updates, state, params, input_scale, apply=True, donate=donate, input_norm=input_norm
-        )
-
-    def _update(updates, state, params, input_scale, apply=False, donate=False, input_norm=None):
-        n = 3 if decay else 2
+    def run(updates, state, params, scale, apply, donate):
         if not isinstance(state, tuple) or len(state) != n:
             raise ValueError(
-                f"{'adamw' if decay else 'adam'}: expected the {n}-tuple state built by this "
-                f"optimiser's init, got {type(state).__name__}"
+                f"{name}: expected the {n}-tuple state built by this optimiser's init, got {type(state).__name__}"
             )
-        adam_state, lr_state = state[0], state[-1]
-        if scheduled:
+        lr_state = state[-1]
+        if callable(learning_rate):
             lr = learning_rate(lr_state.count)
             lr_state = ScaleByScheduleState(safe_int32_increment(lr_state.count))
         else:
             lr = learning_rate
-        wd_mask = None
-        if decay and mask is not None:
-            wd_mask = _mask_per_leaf(mask, updates, _Leaves(updates))
-        new_updates, adam_state = _adam_step(
-            updates,
-            adam_state,
-            params,
-            b1=b1,
-            b2=b2,
-            eps=eps,
-            eps_root=eps_root,
-            mu_dtype=mu_dtype,
-            nesterov=nesterov,
-            lr=-lr,
-            wd=weight_decay if decay else None,
-            wd_mask=wd_mask,
-            input_scale=input_scale,
-            apply=apply,
-            donate=donate,
-            input_norm=input_norm,
+        keep = None if wd_mask is None else wd_mask.per_leaf(updates)
+        out, adam_state = _adam_step(
+            updates, state[0], params, h._replace(lr=-lr), keep=keep, scale=scale, apply=apply, donate=donate
         )
-        return new_updates, (adam_state, *state[1:-1], lr_state)
+        return out, (adam_state, *state[1:-1], lr_state)
 
-    update.fctc_scaled_update = scaled_update
-    update.fctc_apply = apply
-    return GradientTransformation(init, update)
+    def update(updates, state, params=None, *, scale=None, **extra):
+        del extra
+        return run(updates, state, params, scale, False, False)
+
+    def apply(updates, state, params, *, scale=None, donate=False, **extra):
+        del extra
+        if params is None:
+            raise ValueError("update_and_apply: the parameters are needed; got params=None")
+        return run(updates, state, params, scale, True, donate)
+
+    return FusedTransformation(init, update, apply)
 
 
 def adam(
@@ -174,13 +128,27 @@ def adam(
     mu_dtype: torch.dtype | None = None,
     *,
     nesterov: bool = False,
-) -> GradientTransformation:
+    cpu_kernel: str = "fused",
+) -> FusedTransformation:
     """Adam: ``chain(scale_by_adam(...), scale_by_learning_rate(learning_rate))``, fused.
 
-    Matches ``torch.optim.Adam(lr, betas=(b1, b2), eps=eps)`` up to rounding; ``nesterov=True``
-    is NAdam's moment (optax's ``nadam``).
+    Matches ``torch.optim.Adam(lr, betas=(b1, b2), eps=eps)`` up to rounding, and keeps the
+    state layout of optax's chain.
+
+    Args:
+      learning_rate: a number, a 0-d tensor, or a schedule ``count -> value``.
+      b1, b2, eps, eps_root, mu_dtype: as :func:`~fctc.optim.scale_by_adam`.
+      nesterov: NAdam's moment (optax's ``nadam``).
+      cpu_kernel: ``"fused"``, ``"foreach"`` or ``"split"`` (see :mod:`fctc.optim._kernels`).
+
+    Returns:
+      A :class:`~fctc.optim.FusedTransformation`.
+
+    Raises:
+      ValueError: an unknown ``cpu_kernel``.
     """
-    return _fused_adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, decay=False)
+    h = AdamHyper(b1, b2, eps, eps_root, nesterov, None, None, check_cpu_kernel(cpu_kernel, "adam"))
+    return _fused_adam(learning_rate, h, mu_dtype, decay=False)
 
 
 def adamw(
@@ -194,19 +162,32 @@ def adamw(
     mask: Any | Callable[[Any], Any] | None = None,
     *,
     nesterov: bool = False,
-) -> GradientTransformation:
+    cpu_kernel: str = "fused",
+) -> FusedTransformation:
     """Adam with decoupled weight decay (Loshchilov & Hutter, 2019), fused.
 
     ``chain(scale_by_adam(...), add_decayed_weights(weight_decay, mask),
     scale_by_learning_rate(learning_rate))``: the parameter moves by
     ``-learning_rate * (adam_update + weight_decay * param)``, as in
-    ``torch.optim.AdamW(lr, betas, eps, weight_decay)``. ``mask`` (tree of bools, a prefix of
-    one, or ``params -> tree``) selects the leaves that decay. Needs ``params`` in ``update``.
+    ``torch.optim.AdamW(lr, betas, eps, weight_decay)``. Needs ``params`` in ``update``.
+
+    Args:
+      learning_rate: a number, a 0-d tensor, or a schedule ``count -> value``.
+      b1, b2, eps, eps_root, mu_dtype: as :func:`~fctc.optim.scale_by_adam`.
+      weight_decay: the decoupled decay rate.
+      mask: the leaves that decay: a tree of Python bools, a prefix of one, or ``params ->
+        tree`` (None: all).
+      nesterov: NAdam's moment.
+      cpu_kernel: ``"fused"``, ``"foreach"`` or ``"split"`` (see :mod:`fctc.optim._kernels`).
+
+    Returns:
+      A :class:`~fctc.optim.FusedTransformation`.
+
+    Raises:
+      ValueError: an unknown ``cpu_kernel``.
     """
-    return _fused_adam(
-        learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, decay=True,
-        weight_decay=weight_decay, mask=mask,
-    )
+    h = AdamHyper(b1, b2, eps, eps_root, nesterov, None, weight_decay, check_cpu_kernel(cpu_kernel, "adamw"))
+    return _fused_adam(learning_rate, h, mu_dtype, decay=True, mask=mask)
 
 
 def rmsprop(
@@ -225,6 +206,17 @@ def rmsprop(
     ``chain(scale_by_rms or scale_by_stddev, scale_by_learning_rate, trace(momentum))``.
     ``torch.optim.RMSprop(lr, alpha=decay, eps, momentum, centered)`` is
     ``eps_in_sqrt=False`` (torch adds eps outside the root).
+
+    Args:
+      learning_rate: a number, a 0-d tensor, or a schedule.
+      decay, eps, initial_scale, eps_in_sqrt, bias_correction: as
+        :func:`~fctc.optim.scale_by_rms`.
+      centered: divide by the standard deviation (:func:`~fctc.optim.scale_by_stddev`).
+      momentum: a momentum after the learning rate (None: none).
+      nesterov: Nesterov's momentum.
+
+    Returns:
+      A :class:`~fctc.optim.GradientTransformation` (a :func:`~fctc.optim.chain`).
     """
     kw = dict(decay=decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=eps_in_sqrt,
               bias_correction=bias_correction)

@@ -2,8 +2,11 @@
 
 ``clip_by_global_norm`` also takes speechain's ``grad_norm_type`` (any p > 0, or inf), so the
 clipping torch users know from ``torch.nn.utils.clip_grad_norm_(max_norm, norm_type)`` is one
-transformation in a chain. The scale factor stays a tensor: no host synchronisation, and a
-compiled step does not specialise on whether clipping fired.
+transformation in a chain. Its norm is :func:`fctc.tree.global_norm`, the one the train step
+logs (handed over instead of computed twice). It is a
+:class:`~fctc.optim.ScalingTransformation`: in ``chain(clip_by_global_norm(...), adamw(...))``
+its factor is applied inside AdamW's kernel. The factor stays a tensor: no host
+synchronisation, and a compiled step does not specialise on whether clipping fired.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from typing import Any
 
 import torch
 
-from .base import EmptyState, GradientTransformation
-from .transforms import _first_device, _Leaves, _on, _sc
+from .. import tree as _tree
+from ._leaves import Leaves, on, sc
+from .base import EmptyState, GlobalScale, GradientTransformation, ScalingTransformation
 
 __all__ = [
     "ClipState",
@@ -34,7 +38,14 @@ Scalar = Any
 
 
 def clip(max_delta: Scalar) -> GradientTransformation:
-    """Clip every update element to ``[-max_delta, max_delta]``."""
+    """Clip every update element to ``[-max_delta, max_delta]``.
+
+    Args:
+      max_delta: the bound (a number or a 0-d tensor).
+
+    Returns:
+      A stateless :class:`~fctc.optim.GradientTransformation`.
+    """
 
     def init(params):
         del params
@@ -42,12 +53,12 @@ def clip(max_delta: Scalar) -> GradientTransformation:
 
     def update(updates, state, params=None, **extra):
         del params, extra
-        lv = _Leaves(updates)
+        lv = Leaves(updates)
         if not lv.xs:
             return updates, state
-        d = _on(max_delta, _first_device(lv.xs))
-        out = torch._foreach_clamp_max(lv.xs, _sc(lv.xs, d))
-        torch._foreach_clamp_min_(out, _sc(out, -d))
+        d = on(max_delta, lv.device)
+        out = torch._foreach_clamp_max(lv.xs, sc(lv.xs, d))
+        torch._foreach_clamp_min_(out, sc(out, -d))
         return lv.build(out), state
 
     return GradientTransformation(init, update)
@@ -65,27 +76,25 @@ def _check_norm_type(norm_type: Any, where: str) -> float:
     return p
 
 
-def _global_norm(xs: list[torch.Tensor], ord: float) -> torch.Tensor:
-    """The ``ord``-norm of all tensors of ``xs`` together (one fused per-leaf norm kernel)."""
-    norms = list(torch._foreach_norm(xs, ord))
-    dev = norms[0].device
-    dtype = norms[0].dtype
-    if any(n.dtype != dtype or n.device != dev for n in norms):
-        dtype = torch.float32
-        for n in norms:
-            dtype = torch.promote_types(dtype, n.dtype)
-        norms = [n.to(device=dev, dtype=dtype) for n in norms]
-    return torch.linalg.vector_norm(torch.stack(norms), ord)
-
-
-def clip_by_global_norm(max_norm: Scalar, norm_type: float = 2.0) -> GradientTransformation:
+def clip_by_global_norm(max_norm: Scalar, norm_type: float = 2.0) -> ScalingTransformation:
     """Rescale updates so that their global ``norm_type``-norm is at most ``max_norm``.
 
     With ``norm = ||updates||``, updates are returned unchanged when ``norm < max_norm`` and
     multiplied by ``max_norm / norm`` otherwise (optax's rule; ``norm_type=2`` is optax's
     ``clip_by_global_norm``). ``torch.nn.utils.clip_grad_norm_`` differs only in the factor,
     ``min(1, max_norm / (norm + 1e-6))``, a relative difference of about ``1e-6 / norm``.
-    ``norm_type`` is any p > 0 or ``float('inf')`` (largest absolute value).
+
+    Args:
+      max_norm: the bound (a number or a 0-d tensor).
+      norm_type: any p > 0, or ``float('inf')`` (largest absolute value); a Python number.
+
+    Returns:
+      A :class:`~fctc.optim.ScalingTransformation` (empty state); its ``factor(updates,
+      norm=None)`` takes the global 2-norm of ``updates`` when the caller has it.
+
+    Raises:
+      TypeError: ``norm_type`` is a tensor or a bool.
+      ValueError: ``norm_type`` is not positive.
     """
     p = _check_norm_type(norm_type, "clip_by_global_norm")
 
@@ -93,27 +102,24 @@ def clip_by_global_norm(max_norm: Scalar, norm_type: float = 2.0) -> GradientTra
         del params
         return ClipByGlobalNormState()
 
-    def factor_of(lv):
-        norm = _global_norm(lv.xs, p)
-        m = _on(max_norm, norm.device)
-        return torch.where(norm < m, torch.ones_like(norm), m / norm), norm
+    def factor_of(xs, norm):
+        if norm is None or p != 2.0:
+            norm = _tree.global_norm(xs, p)
+        m = on(max_norm, norm.device)
+        return GlobalScale(torch.where(norm < m, torch.ones_like(norm), m / norm), norm)
+
+    def factor(updates, norm=None):
+        lv = Leaves(updates)
+        return factor_of(lv.xs, norm) if lv.xs else None
 
     def update(updates, state, params=None, **extra):
         del params, extra
-        lv = _Leaves(updates)
+        lv = Leaves(updates)
         if not lv.xs:
             return updates, state
-        return lv.build(torch._foreach_mul(lv.xs, factor_of(lv)[0])), state
+        return lv.build(torch._foreach_mul(lv.xs, factor_of(lv.xs, None).factor)), state
 
-    def output_factor(updates):
-        lv = _Leaves(updates)
-        return factor_of(lv) if lv.xs else None
-
-    # The output is the input times one factor: :func:`fctc.optim.chain` hands that factor
-    # (with the norm it came from, finite only when every input is) to a following
-    # optimiser that can apply it inside its own kernel (adam, adamw).
-    update.fctc_output_factor = output_factor
-    return GradientTransformation(init, update)
+    return ScalingTransformation(init, update, factor)
 
 
 def unitwise_norm(x: torch.Tensor) -> torch.Tensor:
@@ -122,31 +128,29 @@ def unitwise_norm(x: torch.Tensor) -> torch.Tensor:
     Scalars and vectors (after dropping size-1 dimensions) get one norm; 2-d and 3-d tensors are
     reduced over axis 0 and 4-d tensors over axes 0, 1 and 2. These are JAX layouts (``IO``,
     ``HWIO``): for torch's ``(out, in, k)`` weights this is optax's behaviour, not a per-output
-    norm. Other ranks raise ``ValueError``.
+    norm.
+
+    Args:
+      x: a tensor with 0 to 4 dimensions.
+
+    Returns:
+      A tensor of ``x``'s shape.
+
+    Raises:
+      ValueError: ``x`` has more than 4 dimensions.
     """
-    if x.squeeze().ndim <= 1:
-        dims = tuple(range(x.ndim))
-    elif x.ndim in (2, 3):
-        dims = (0,)
-    elif x.ndim == 4:
-        dims = (0, 1, 2)
-    else:
-        raise ValueError(
-            f"unitwise_norm: expected a parameter with 1 to 4 dimensions, got shape {tuple(x.shape)}"
-        )
-    return _reduced_unitwise_norm(x, dims).expand(x.shape)
+    return _reduced_unitwise_norm(x, _unit_dims(x, "unitwise_norm")).expand(x.shape)
 
 
-def _unit_dims(x: torch.Tensor) -> tuple[int, ...]:
+def _unit_dims(x: torch.Tensor, where: str) -> tuple[int, ...]:
+    """The dimensions :func:`unitwise_norm` reduces over."""
     if x.squeeze().ndim <= 1:
         return tuple(range(x.ndim))
     if x.ndim in (2, 3):
         return (0,)
     if x.ndim == 4:
         return (0, 1, 2)
-    raise ValueError(
-        f"adaptive_grad_clip: expected parameters with 1 to 4 dimensions, got shape {tuple(x.shape)}"
-    )
+    raise ValueError(f"{where}: expected a parameter with 1 to 4 dimensions, got shape {tuple(x.shape)}")
 
 
 def _reduced_unitwise_norm(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -162,6 +166,13 @@ def adaptive_grad_clip(clipping: Scalar, eps: Scalar = 1e-3) -> GradientTransfor
     Brock et al. (2021). Norms are taken unit-wise by :func:`unitwise_norm`; a unit whose update
     norm is below the bound passes unchanged, otherwise it is scaled by
     ``bound / max(norm, 1e-6)``. Needs ``params``.
+
+    Args:
+      clipping: the bound as a fraction of the parameter unit's norm.
+      eps: the smallest parameter norm used.
+
+    Returns:
+      A :class:`~fctc.optim.GradientTransformation` (empty state); its update raises ``ValueError`` without ``params``.
     """
 
     def init(params):
@@ -174,17 +185,16 @@ def adaptive_grad_clip(clipping: Scalar, eps: Scalar = 1e-3) -> GradientTransfor
             raise ValueError(
                 "adaptive_grad_clip needs the parameters: call update(updates, state, params)"
             )
-        lv = _Leaves(updates)
+        lv = Leaves(updates)
         if not lv.xs:
             return updates, state
         ps = lv.take(params, "params")
-        dev = _first_device(lv.xs)
-        c, e = _on(clipping, dev), _on(eps, dev)
+        c, e = on(clipping, lv.device), on(eps, lv.device)
         # Unit-wise reductions differ by rank, so the small norm tensors are built leaf by leaf;
         # the full-size multiply is one foreach kernel.
         factors = []
         for g, p in zip(lv.xs, ps):
-            dims = _unit_dims(g)
+            dims = _unit_dims(g, "adaptive_grad_clip")
             g_norm = _reduced_unitwise_norm(g, dims)
             bound = c * torch.clamp_min(_reduced_unitwise_norm(p, dims), e).to(g_norm.dtype)
             factors.append(

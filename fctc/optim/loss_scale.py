@@ -56,7 +56,14 @@ class DynamicLossScale(NamedTuple):
     min_scale: float = 1.0
 
     def init(self, device: torch.device | str | None = None) -> LossScaleState:
-        """The initial state: ``init_scale`` and a zero tracker, on ``device``."""
+        """The initial state: ``init_scale`` and a zero tracker, on ``device``.
+
+        Args:
+          device: where the state lives.
+
+        Returns:
+          The :class:`LossScaleState`.
+        """
         return LossScaleState(
             scale=torch.full((), self.init_scale, dtype=torch.float32, device=device),
             growth_tracker=torch.zeros((), dtype=torch.int32, device=device),
@@ -67,6 +74,13 @@ class DynamicLossScale(NamedTuple):
 
         Type promotion is GradScaler.scale's (``x * scale``): a 0-d float16 loss becomes float32,
         a float16 tensor with dimensions stays float16.
+
+        Args:
+          tree: a loss tensor or a tree of them.
+          state: the current :class:`LossScaleState`.
+
+        Returns:
+          The scaled loss (or tree).
         """
         if isinstance(tree, torch.Tensor):
             return tree * state.scale.to(tree.device)
@@ -74,7 +88,15 @@ class DynamicLossScale(NamedTuple):
 
     def unscale(self, grads: Any, state: LossScaleState) -> Any:
         """Divide gradients by the scale: multiply by ``1 / scale`` computed in float64 and
-        rounded to float32, exactly as ``GradScaler.unscale_`` does. Dtypes are kept."""
+        rounded to float32, exactly as ``GradScaler.unscale_`` does. Dtypes are kept.
+
+        Args:
+          grads: the gradients of the scaled loss.
+          state: the :class:`LossScaleState` they were scaled with.
+
+        Returns:
+          The unscaled gradients.
+        """
         xs, spec = _tree.flatten(grads)
         if not xs:
             return grads
@@ -91,11 +113,26 @@ class DynamicLossScale(NamedTuple):
 
     @staticmethod
     def all_finite(grads: Any) -> torch.Tensor:
-        """A 0-d bool tensor: True when no gradient holds NaN or Inf (no host sync)."""
+        """A 0-d bool tensor: True when no gradient holds NaN or Inf (no host sync).
+
+        Args:
+          grads: the (unscaled) gradients.
+
+        Returns:
+          A 0-d bool tensor (:func:`fctc.tree.all_finite`).
+        """
         return _tree.all_finite(grads)
 
     def adjust(self, state: LossScaleState, grads_finite: Any) -> LossScaleState:
-        """The next state after a step whose gradients were ``grads_finite`` (GradScaler.update)."""
+        """The next state after a step whose gradients were ``grads_finite`` (GradScaler.update).
+
+        Args:
+          state: the current :class:`LossScaleState`.
+          grads_finite: whether this step's gradients were finite (a bool tensor).
+
+        Returns:
+          The next :class:`LossScaleState`.
+        """
         scale, tracker = state.scale, state.growth_tracker
         finite = torch.as_tensor(grads_finite, device=scale.device).to(torch.bool)
         successful = tracker + 1
@@ -120,6 +157,19 @@ def dynamic_loss_scale(
 
     ``min_scale`` (default 1.0, as in DeepMind's jmp) bounds back-offs from below; pass 0.0 for
     GradScaler's unbounded rule.
+
+    Args:
+      init_scale: the first scale.
+      growth_factor: the factor after ``growth_interval`` finite steps (> 1).
+      backoff_factor: the factor after a non-finite step (in (0, 1)).
+      growth_interval: finite steps before a growth.
+      min_scale: the floor of back-offs.
+
+    Returns:
+      The :class:`DynamicLossScale`.
+
+    Raises:
+      ValueError: a value out of its range.
     """
     if not init_scale > 0:
         raise ValueError(f"dynamic_loss_scale: init_scale must be positive, got {init_scale}")

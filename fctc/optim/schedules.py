@@ -76,7 +76,14 @@ def _finish(value: Any, like: torch.Tensor) -> torch.Tensor:
 
 
 def constant_schedule(value: float) -> Schedule:
-    """A schedule that always returns ``value``."""
+    """A schedule that always returns ``value``.
+
+    Args:
+      value: the value.
+
+    Returns:
+      A schedule ``count -> float32 tensor``.
+    """
 
     def schedule(count):
         return _full(value, _count(count))
@@ -97,6 +104,15 @@ def polynomial_schedule(
     T)``: the value is held at ``init_value`` before ``transition_begin`` and at ``end_value``
     from ``transition_begin + transition_steps`` on. A non-positive ``transition_steps`` gives a
     constant ``init_value``; a negative ``transition_begin`` falls back to 0 (as in optax).
+
+    Args:
+      init_value, end_value: the values before and after the transition.
+      power: the polynomial's exponent.
+      transition_steps: the transition's length ``T``.
+      transition_begin: the count at which it starts.
+
+    Returns:
+      A schedule ``count -> float32 tensor``.
     """
     if transition_steps <= 0:
         _log.info(
@@ -125,6 +141,14 @@ def linear_schedule(
 
     With ``init_value = lr * start_factor`` and ``end_value = lr * end_factor`` it is
     ``torch.optim.lr_scheduler.LinearLR(start_factor, end_factor, total_iters=transition_steps)``.
+
+    Args:
+      init_value, end_value: the values before and after the transition.
+      transition_steps: the transition's length.
+      transition_begin: the count at which it starts.
+
+    Returns:
+      A schedule ``count -> float32 tensor``.
     """
     return polynomial_schedule(init_value, end_value, 1, transition_steps, transition_begin)
 
@@ -136,6 +160,16 @@ def piecewise_constant_schedule(
 
     ``boundaries_and_scales`` maps a step to a non-negative factor (``{100: 0.1, 200: 0.1}``
     divides by 10 at step 100 and again at step 200), like ``MultiStepLR``.
+
+    Args:
+      init_value: the value before the first boundary.
+      boundaries_and_scales: ``{step: factor}``.
+
+    Returns:
+      A schedule ``count -> float32 tensor``.
+
+    Raises:
+      ValueError: a negative factor.
     """
     items = sorted((boundaries_and_scales or {}).items())
     for step, scale in items:
@@ -169,6 +203,17 @@ def exponential_decay(
     floored so the value drops every ``transition_steps``. ``end_value`` is a floor when
     ``decay_rate < 1`` and a ceiling otherwise. ``transition_steps <= 0`` or ``decay_rate == 0``
     give a constant ``init_value``. ``exponential_decay(lr, 1, gamma)`` is ``ExponentialLR``.
+
+    Args:
+      init_value: the value before ``transition_begin``.
+      transition_steps: the steps over which the value is multiplied by ``decay_rate``.
+      decay_rate: the factor.
+      transition_begin: the count at which the decay starts.
+      staircase: drop in steps instead of continuously.
+      end_value: the bound.
+
+    Returns:
+      A schedule ``count -> float32 tensor``.
     """
     if transition_steps <= 0:
         _log.info("exponential_decay: non-positive transition_steps gives a constant schedule")
@@ -204,6 +249,18 @@ def cosine_decay_schedule(
     ``init * ((1 - alpha) * (0.5 * (1 + cos(pi * t / T))) ** exponent + alpha)`` with
     ``t = min(count, T)``. With ``alpha = eta_min / lr`` it is ``CosineAnnealingLR(T_max=T)``
     for ``count <= T`` (which then rises again, while this one stays at the floor).
+
+    Args:
+      init_value: the value at count 0.
+      decay_steps: the decay's length ``T`` (positive).
+      alpha: the final value as a fraction of ``init_value``.
+      exponent: the cosine's exponent.
+
+    Returns:
+      A schedule ``count -> float32 tensor``.
+
+    Raises:
+      ValueError: ``decay_steps`` is not positive.
     """
     if not decay_steps > 0:
         raise ValueError(
@@ -237,6 +294,17 @@ def piecewise_interpolate_schedule(
 
     The value at boundary ``b_i`` is ``init_value`` times the product of the scales up to
     ``b_i``; between boundaries it is interpolated, after the last one it is held (optax).
+
+    Args:
+      interpolate_type: ``"linear"`` or ``"cosine"``.
+      init_value: the value at count 0.
+      boundaries_and_scales: ``{step: factor}``.
+
+    Returns:
+      A schedule ``count -> float32 tensor``.
+
+    Raises:
+      ValueError: an unknown ``interpolate_type`` or a negative factor.
     """
     if interpolate_type == "linear":
         interpolate = _linear_interpolate
@@ -286,6 +354,18 @@ def linear_onecycle_schedule(
     Phases end at ``int(pct_start * T)``, ``int(pct_final * T)`` and ``T`` steps; the values are
     ``peak / div_factor``, ``peak``, ``peak / div_factor`` and ``peak / div_factor /
     final_div_factor``. See :func:`torch_onecycle_schedule` for PyTorch's variant.
+
+    Args:
+      transition_steps: the cycle's length ``T`` (positive).
+      peak_value: the peak.
+      pct_start, pct_final: the ends of the first two phases, as fractions of ``T``.
+      div_factor, final_div_factor: the start and end values' divisors.
+
+    Returns:
+      A schedule ``count -> float32 tensor``.
+
+    Raises:
+      ValueError: ``transition_steps`` is not positive.
     """
     if transition_steps <= 0:
         raise ValueError(
@@ -314,6 +394,18 @@ def cosine_onecycle_schedule(
     Starts at ``peak / div_factor`` and ends at ``peak / (div_factor * final_div_factor)`` at
     step ``T``. PyTorch's ``OneCycleLR`` puts its boundaries one step earlier; use
     :func:`torch_onecycle_schedule` to reproduce it.
+
+    Args:
+      transition_steps: the cycle's length ``T`` (positive).
+      peak_value: the peak.
+      pct_start: the end of the rise, as a fraction of ``T``.
+      div_factor, final_div_factor: the start and end values' divisors.
+
+    Returns:
+      A schedule ``count -> float32 tensor``.
+
+    Raises:
+      ValueError: ``transition_steps`` is not positive.
     """
     if transition_steps <= 0:
         raise ValueError(
@@ -330,7 +422,18 @@ def cosine_onecycle_schedule(
 
 
 def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
-    """Run ``schedules[i + 1]`` from ``boundaries[i]`` on, restarting its count at 0 there."""
+    """Run ``schedules[i + 1]`` from ``boundaries[i]`` on, restarting its count at 0 there.
+
+    Args:
+      schedules: the pieces, in order.
+      boundaries: the counts where each next piece starts (one fewer than ``schedules``).
+
+    Returns:
+      A schedule ``count -> float32 tensor``.
+
+    Raises:
+      ValueError: the numbers of schedules and boundaries do not fit.
+    """
     schedules = list(schedules)
     boundaries = [int(b) for b in boundaries]
     if len(boundaries) != len(schedules) - 1:
@@ -350,7 +453,16 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
 
 
 def warmup_constant_schedule(init_value: float, peak_value: float, warmup_steps: int) -> Schedule:
-    """Linear warmup from ``init_value`` to ``peak_value`` over ``warmup_steps``, then constant."""
+    """Linear warmup from ``init_value`` to ``peak_value`` over ``warmup_steps``, then constant.
+
+    Args:
+      init_value: the value at count 0.
+      peak_value: the value after the warm-up.
+      warmup_steps: the warm-up's length.
+
+    Returns:
+      A schedule ``count -> float32 tensor``.
+    """
     return linear_schedule(init_value, peak_value, warmup_steps)
 
 
@@ -366,6 +478,17 @@ def warmup_cosine_decay_schedule(
 
     ``decay_steps`` is the total length including warmup: the cosine runs over
     ``decay_steps - warmup_steps`` steps, which must be positive.
+
+    Args:
+      init_value: the value at count 0.
+      peak_value: the value at the end of the warm-up.
+      warmup_steps: the warm-up's length.
+      decay_steps: the schedule's total length.
+      end_value: the final value.
+      exponent: the cosine's exponent.
+
+    Returns:
+      A schedule ``count -> float32 tensor``.
     """
     alpha = 0.0 if peak_value == 0.0 else end_value / peak_value
     return join_schedules(
@@ -387,7 +510,18 @@ def warmup_exponential_decay_schedule(
     staircase: bool = False,
     end_value: float | None = None,
 ) -> Schedule:
-    """Linear warmup to ``peak_value``, then :func:`exponential_decay` from it (optax)."""
+    """Linear warmup to ``peak_value``, then :func:`exponential_decay` from it (optax).
+
+    Args:
+      init_value: the value at count 0.
+      peak_value: the value at the end of the warm-up.
+      warmup_steps: the warm-up's length.
+      transition_steps, decay_rate, transition_begin, staircase, end_value: as
+        :func:`exponential_decay`, counted from the end of the warm-up.
+
+    Returns:
+      A schedule ``count -> float32 tensor``.
+    """
     return join_schedules(
         [
             linear_schedule(init_value, peak_value, warmup_steps),
@@ -403,6 +537,15 @@ def sgdr_schedule(cosine_kwargs: Iterable[Mapping[str, Any]]) -> Schedule:
     """SGD with warm restarts: consecutive :func:`warmup_cosine_decay_schedule` cycles.
 
     Each dict holds the arguments of one cycle; its ``decay_steps`` is the cycle's length.
+
+    Args:
+      cosine_kwargs: one dict of :func:`warmup_cosine_decay_schedule` arguments per cycle.
+
+    Returns:
+      A schedule ``count -> float32 tensor``.
+
+    Raises:
+      ValueError: no cycle.
     """
     schedules, boundaries, step = [], [], 0
     for kwargs in cosine_kwargs:
@@ -424,6 +567,16 @@ def noam_schedule(peak_value: float, warmup_steps: int) -> Schedule:
     ``real_step``) with the optimiser's lr as ``peak_value``; ESPnet's ``NoamLR(model_size,
     warmup_steps)`` with lr ``lr`` is ``peak_value = lr * (model_size * warmup_steps) ** -0.5``.
     ``warmup_steps=0`` gives the pure decay ``peak * s**-0.5`` (as ESPnet does).
+
+    Args:
+      peak_value: the value at the end of the warm-up.
+      warmup_steps: ``w`` (0 or more).
+
+    Returns:
+      A schedule ``count -> float32 tensor``.
+
+    Raises:
+      ValueError: a negative ``warmup_steps``.
     """
     if warmup_steps < 0:
         raise ValueError(f"noam_schedule: warmup_steps must be >= 0, got {warmup_steps}")
@@ -457,6 +610,17 @@ def torch_onecycle_schedule(
     counts ``0 .. total_steps - 1`` give exactly the learning rates ``OneCycleLR`` hands the
     optimiser. Later counts hold the final value (PyTorch raises after one more step).
     Momentum cycling is not part of a learning-rate schedule.
+
+    Args:
+      max_lr, total_steps, pct_start, anneal_strategy, div_factor, final_div_factor,
+        three_phase: ``OneCycleLR``'s arguments (``anneal_strategy`` ``"cos"`` or
+        ``"linear"``).
+
+    Returns:
+      A schedule ``count -> float32 tensor``.
+
+    Raises:
+      ValueError: a bad ``total_steps``, ``pct_start`` or ``anneal_strategy``.
     """
     if not (isinstance(total_steps, int) and total_steps > 0):
         raise ValueError(f"torch_onecycle_schedule: total_steps must be a positive int, got {total_steps!r}")

@@ -53,6 +53,17 @@ def make_eval_step(
     (``sum(outputs, ErrorCounts())``) into corpus-level CER/WER. With ``jit=True`` the forward
     pass is compiled; decoding and scoring run on the host. ``decode(logits, lengths)``
     replaces greedy decoding (e.g. a :class:`fctc.decode.BeamSearchDecoder`).
+
+    Args:
+      model: the model.
+      vocabulary: its vocabulary (blank and decoding).
+      reduction: the CTC loss's reduction (:func:`fctc.losses.ctc_loss`).
+      precision: "fp32", "bf16" or "fp16" (autocast).
+      jit: compile the forward pass.
+      decode: ``decode(logits, lengths) -> list[str]`` (None: greedy CTC decoding).
+
+    Returns:
+      ``eval_step(params, model_state, batch) -> EvalOutput``.
     """
     decode = decode or vocabulary.decode_prediction
     forward = backend.jit(_forward(model, precision), enabled=jit)
@@ -86,6 +97,20 @@ def predict(
     ``audio`` is what the model takes, batch first: raw audio ``(B, S)`` for a
     :func:`fctc.models.ctc_model` (one ``(S,)`` signal is accepted too). Without ``lengths``
     every utterance spans the whole last dimension.
+
+    Args:
+      model: the model.
+      params, model_state: its trees.
+      vocabulary: its vocabulary.
+      audio: ``(B, S)`` (or one ``(S,)`` signal).
+      lengths: the valid length of each row (None: all of ``S``).
+      precision: "fp32", "bf16" or "fp16".
+
+    Returns:
+      One transcript per row.
+
+    Raises:
+      ValueError: ``audio`` is not a tensor with a batch dimension.
     """
     if not isinstance(audio, torch.Tensor) or audio.dim() == 0:
         raise ValueError("predict: audio must be a tensor with a batch dimension (or one 1-D signal)")

@@ -1,4 +1,9 @@
-"""The train state: everything a training run carries from one step to the next, as one pytree."""
+"""The train state: everything a training run carries from one step to the next, as one pytree.
+
+:class:`TrainState` is what :func:`fctc.train.make_train_step` takes and returns and what a
+checkpoint saves; :func:`init_train_state` builds the first one, and :func:`check_nonfinite`
+turns a run of skipped (non-finite) batches into an error.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from ..data.batch import Batch as Batch  # its home is fctc.data; kept here as f
 from ..nn.core import Model
 from ..optim.base import GradientTransformation
 from ..optim.loss_scale import DynamicLossScale, LossScaleState
+from .routing import Labels, group_params
 
 __all__ = ["TrainState", "Batch", "init_train_state", "NonFiniteLossError", "check_nonfinite"]
 
@@ -53,12 +59,24 @@ def init_train_state(
 ) -> TrainState:
     """Build the first :class:`TrainState`.
 
-    The model is initialised from ``split(key)[0]`` unless ``params``/``model_state`` are given
-    (fine-tuning); the run's base key is ``split(key)[1]``. With a dict ``tx`` (multi-loss
-    routing), ``param_labels`` (a tree of group names shaped like ``params``, or a function of
-    ``params`` returning one) assigns each parameter to one group, and the optimiser state holds
-    one state per group, built on that group's parameters only. Pass the ``loss_scale`` given to
-    :func:`make_train_step` for float16 training.
+    Args:
+      model: the model (its ``init`` draws the parameters unless they are given).
+      tx: the transformation, or a dict of them for multi-loss routing.
+      key: the run's key: the model is initialised from ``split(key)[0]``; the run's base key
+        is ``split(key)[1]``.
+      params, model_state: start from these instead (fine-tuning).
+      param_labels: with a dict ``tx``, a tree of group names shaped like ``params`` (or a
+        prefix of it, or a function of ``params`` returning one) assigning each parameter to
+        one group; the optimiser state holds one state per group, built on that group's
+        parameters only.
+      loss_scale: the ``loss_scale`` given to :func:`make_train_step`, for float16 training.
+      device: move the parameters, model state and key there.
+
+    Returns:
+      The :class:`TrainState` at step 0.
+
+    Raises:
+      ValueError: ``param_labels`` without a dict ``tx``, or labels that do not fit.
     """
     init_key, run_key = _random.split(key)
     if params is None or model_state is None:
@@ -71,9 +89,7 @@ def init_train_state(
         run_key = run_key.to(device)
     dev = run_key.device
     if isinstance(tx, dict):
-        from .routing import group_params, resolve_labels
-
-        labels = resolve_labels(param_labels, params, tx)
+        labels = Labels(param_labels, tx).of(params)
         opt_state = {name: t.init(group_params(params, labels, name)) for name, t in tx.items()}
     else:
         if param_labels is not None:
@@ -102,6 +118,13 @@ def check_nonfinite(state: TrainState, max_consecutive: int = 100) -> None:
     Each skipped batch already left the model untouched; this check (one host sync, so call it
     every step or every few steps as you like) turns a run that is stuck into a clear error, as
     ESPnet3 does after 100 bad batches.
+
+    Args:
+      state: the current train state.
+      max_consecutive: the limit.
+
+    Raises:
+      NonFiniteLossError: ``state.nonfinite_count`` reached the limit.
     """
     n = int(state.nonfinite_count)
     if n >= max_consecutive:

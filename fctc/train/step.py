@@ -22,7 +22,7 @@ from ..losses import ctc_loss
 from ..nn.core import Model
 from ..optim.base import GradientTransformation, update_and_apply
 from ..optim.loss_scale import DynamicLossScale, dynamic_loss_scale
-from .routing import group_params, merge_groups, resolve_labels
+from .routing import Labels, group_params, merge_groups
 from .state import TrainState, init_train_state
 
 __all__ = ["ctc_loss_fn", "make_train_step", "TrainStep", "PRECISIONS", "autocast"]
@@ -39,6 +39,14 @@ def ctc_loss_fn(model: Model, blank: int, reduction: str = "thunder") -> LossFn:
     Returns ``loss_fn(params, model_state, batch, key) -> (loss, new_model_state)``, the
     contract every loss function given to :func:`make_train_step` follows. A loss function may
     also return a dict of named scalar losses for multi-loss routing.
+
+    Args:
+      model: the model.
+      blank: the blank index.
+      reduction: the CTC loss's reduction (:func:`fctc.losses.ctc_loss`).
+
+    Returns:
+      The loss function.
     """
 
     def loss_fn(params, model_state, batch, key):
@@ -52,7 +60,18 @@ def ctc_loss_fn(model: Model, blank: int, reduction: str = "thunder") -> LossFn:
 
 
 def autocast(precision: str, device: torch.device):
-    """The autocast context for ``precision`` ("fp32" gives a no-op context)."""
+    """The autocast context for ``precision`` ("fp32" gives a no-op context).
+
+    Args:
+      precision: one of :data:`PRECISIONS`.
+      device: the device the step runs on.
+
+    Returns:
+      A context manager.
+
+    Raises:
+      ValueError: an unknown precision.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
@@ -118,11 +137,20 @@ class TrainStep:
         self.param_labels = param_labels
         self.loss_scale = loss_scale
         self.routed = isinstance(tx, dict)
+        self.routing = Labels(param_labels, tx) if self.routed else None
         self.donate = donate
         self._compiled = backend.jit(self._step, enabled=jit)
 
     def init_state(self, key: torch.Tensor, **kwargs: Any) -> TrainState:
-        """A fresh :class:`TrainState` for this step (see :func:`fctc.train.init_train_state`)."""
+        """A fresh :class:`TrainState` for this step (see :func:`fctc.train.init_train_state`).
+
+        Args:
+          key: the run's key.
+          **kwargs: more :func:`fctc.train.init_train_state` arguments (``params``, ``device``).
+
+        Returns:
+          The first :class:`TrainState`.
+        """
         return init_train_state(
             self.model,
             self.tx,
@@ -145,7 +173,7 @@ class TrainStep:
     # -- the pure step -------------------------------------------------------------------
 
     def _labels(self, params):
-        return resolve_labels(self.param_labels, params, self.tx) if self.routed else None
+        return self.routing.of(params) if self.routed else None
 
     def _gradients(self, state: TrainState, batch: Any, key: torch.Tensor):
         """Loss per name, gradient per group (unscaled, summed over micro-batches), new state."""
@@ -195,50 +223,18 @@ class TrainStep:
     def _step(self, state: TrainState, batch: Any):
         key = _random.fold_in(state.key, state.step)
         losses, grads, model_state, labels = self._gradients(state, batch, key)
+        # One global norm per group: logged, proving the gradients finite on the CPU, and
+        # handed to the chain, whose leading clip_by_global_norm then needs no second pass.
         grad_norms = {n: _tree.global_norm(g) for n, g in grads.items()}
         finite = torch.stack([torch.isfinite(v) for v in losses.values()]).all()
         finite = finite & torch.stack(
-            [_tree.all_finite(g, grad_norms[n]) for n, g in grads.items()]
+            [backend.all_finite(g, grad_norms[n]) for n, g in grads.items()]
         ).all()
-
-        txs = self.tx if self.routed else {_SINGLE: self.tx}
-        opt_states = state.opt_state if self.routed else {_SINGLE: state.opt_state}
-        new_opt = dict(opt_states)
-        new_groups = {}
-        # Donation (eager only) is decided on the host: a non-finite batch donates nothing, and
-        # update_and_apply never writes non-finite values into donated buffers either, so a
-        # skipped step still finds the old parameters and optimiser state intact.
-        donate = self.donate and not backend.is_tracing() and bool(finite)
-        for name, g in grads.items():
-            params_g = group_params(state.params, labels, name) if self.routed else state.params
-            # One call: adam/adamw (and chains ending in one) add the update to the parameters
-            # inside their kernel instead of materialising an update tree.
-            new_groups[name], new_opt[name] = update_and_apply(
-                txs[name], g, opt_states[name], params_g, donate=donate
-            )
-            # Checked after the chain too: a transformation that mixes in other processes'
-            # gradients (fctc.distributed.all_reduce_gradients) makes every rank see the same
-            # non-finite average, so all ranks skip the batch together. A non-finite update
-            # (or one that overflows a parameter) leaves non-finite new parameters.
-            group_finite = _tree.all_finite(new_groups[name])
-            if donate and not bool(group_finite) and _wrote_in_place(new_groups[name], params_g):
-                raise FloatingPointError(
-                    "train_step: finite gradients gave non-finite parameters (an overflow) in "
-                    f"group {name!r}, and with donate=True the previous parameters are already "
-                    "overwritten; resume from a checkpoint, lower the learning rate, or build "
-                    "the step with donate=False to skip such steps instead"
-                )
-            finite = finite & group_finite
-        if self.routed:
-            params = merge_groups(state.params, labels, new_groups)
-            opt_state = new_opt
-        else:
-            params, opt_state = new_groups[_SINGLE], new_opt[_SINGLE]
-
+        params, opt_state, finite = self._update(state, grads, grad_norms, labels, finite)
         # On the CPU, eagerly, the choice is made on the host: no copy of the trees per step.
-        params = _tree.select(finite, params, state.params)
-        opt_state = _tree.select(finite, opt_state, state.opt_state)
-        model_state = _tree.select(finite, model_state, state.model_state)
+        params = backend.select(finite, params, state.params)
+        opt_state = backend.select(finite, opt_state, state.opt_state)
+        model_state = backend.select(finite, model_state, state.model_state)
         loss_scale = state.loss_scale
         if loss_scale is not None:
             loss_scale = self.loss_scale.adjust(loss_scale, finite)
@@ -253,6 +249,43 @@ class TrainStep:
             nonfinite_count=(state.nonfinite_count + bad) * bad,
             nonfinite_total=state.nonfinite_total + bad,
         )
+        return new_state, self._metrics(losses, grad_norms, finite, loss_scale)
+
+    def _update(self, state: TrainState, grads, grad_norms, labels, finite):
+        """Every group's chain and parameter update: ``(params, opt_state, finite)``."""
+        txs = self.tx if self.routed else {_SINGLE: self.tx}
+        opt_states = state.opt_state if self.routed else {_SINGLE: state.opt_state}
+        new_opt = dict(opt_states)
+        new_groups = {}
+        # Donation (eager only) is decided on the host: a non-finite batch donates nothing, and
+        # update_and_apply never writes non-finite values into donated buffers either, so a
+        # skipped step still finds the old parameters and optimiser state intact.
+        donate = self.donate and not backend.is_tracing() and bool(finite)
+        for name, g in grads.items():
+            params_g = group_params(state.params, labels, name) if self.routed else state.params
+            # One call: adam/adamw (and chains ending in one) add the update to the parameters
+            # inside their kernel instead of materialising an update tree.
+            new_groups[name], new_opt[name] = update_and_apply(
+                txs[name], g, opt_states[name], params_g, donate=donate, norm=grad_norms[name]
+            )
+            # Checked after the chain too: a transformation that mixes in other processes'
+            # gradients (fctc.distributed.all_reduce_gradients) makes every rank see the same
+            # non-finite average, so all ranks skip the batch together. A non-finite update
+            # (or one that overflows a parameter) leaves non-finite new parameters.
+            group_finite = backend.all_finite(new_groups[name])
+            if donate and not bool(group_finite) and _wrote_in_place(new_groups[name], params_g):
+                raise FloatingPointError(
+                    "train_step: finite gradients gave non-finite parameters (an overflow) in "
+                    f"group {name!r}, and with donate=True the previous parameters are already "
+                    "overwritten; resume from a checkpoint, lower the learning rate, or build "
+                    "the step with donate=False to skip such steps instead"
+                )
+            finite = finite & group_finite
+        if self.routed:
+            return merge_groups(state.params, labels, new_groups), new_opt, finite
+        return new_groups[_SINGLE], new_opt[_SINGLE], finite
+
+    def _metrics(self, losses, grad_norms, finite, loss_scale) -> dict[str, torch.Tensor]:
         metrics = {"loss": sum(losses.values()), "finite": finite}
         if self.routed:
             metrics.update({f"loss/{n}": v for n, v in losses.items()})
@@ -261,7 +294,7 @@ class TrainStep:
             metrics["grad_norm"] = grad_norms[_SINGLE]
         if loss_scale is not None:
             metrics["loss_scale"] = loss_scale.scale
-        return new_state, metrics
+        return metrics
 
 
 def make_train_step(
@@ -292,7 +325,8 @@ def make_train_step(
         weighted by micro-batch size, inside the step: the update equals the full batch's for
         a batch-mean loss and a model without batch statistics (BatchNorm sees each
         micro-batch alone, as it would in smaller batches). Peak memory is one micro-batch's.
-        A batch of fewer utterances is split into one micro-batch per utterance.
+        A batch of fewer utterances is split into one micro-batch per utterance. (For one
+        micro-batch per call, accumulate across calls with :class:`fctc.optim.MultiSteps`.)
       precision: "fp32", "bf16" (autocast) or "fp16" (autocast plus dynamic loss scaling:
         the loss is scaled, gradients unscaled before the transformation chain, so before
         clipping, and a step with non-finite gradients is skipped, as GradScaler does).
@@ -313,6 +347,13 @@ def make_train_step(
     The metrics are tensors: ``loss``, ``grad_norm`` (of the unscaled gradients), ``finite``
     and, for fp16, ``loss_scale`` (per group ``loss/<name>`` and ``grad_norm/<name>`` when
     routed).
+
+    Returns:
+      The :class:`TrainStep`.
+
+    Raises:
+      ValueError: a bad precision or ``accum_steps``, no ``blank`` for the default loss, or
+        ``param_labels`` / ``loss_scale`` that do not fit ``tx`` / ``precision``.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"make_train_step: precision must be one of {PRECISIONS}, got {precision!r}")

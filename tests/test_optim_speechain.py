@@ -8,7 +8,7 @@ import torch
 import fctc
 from fctc import optim
 from fctc.testing import assert_trees_allclose, assert_trees_equal
-from fctc.train import every_n_steps, only_modules, speechain_optimizer
+from fctc.optim import every_n_steps, only_modules, speechain_optimizer
 
 
 def _params():
