@@ -149,3 +149,21 @@ def test_tiny_training_runs_with_waveform_augmentation(tmp_path, cache):
     with open(tmp_path / "run" / "metrics.csv", newline="") as f:
         losses = [float(r["loss"]) for r in csv.DictReader(f) if r["kind"] == "train"]
     assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_waveform_benchmark_reports_every_step_and_the_cache():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import waveform_augment as bench
+
+    threads = torch.get_num_threads()
+    try:
+        result = bench.run(1, 1, 1, limit=12)
+    finally:
+        torch.set_num_threads(threads)
+    names = [r["what"] for r in result["rows"]]
+    assert names[0] == "train step (cached features)" and "waveform: whole chain" in names
+    assert all(f"waveform: {s}" in names for s in bench.STEPS)
+    assert result["rows"][0]["ratio_to_train_step"] == 1.0
+    assert set(result["cache_cpu_seconds"]) == {1, 4} and all(v > 0 for v in result["cache_cpu_seconds"].values())
