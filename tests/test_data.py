@@ -105,7 +105,7 @@ def test_read_manifest_relative_to_manifest_not_cwd(tmp_path, monkeypatch):
     [
         ('{"audio_filepath": "a.flac", "duration": 1', "not valid JSON"),
         ('["a.flac", 1, "x"]', "expected a JSON object"),
-        ('{"audio_filepath": "a.flac", "text": "x"}', "missing field.*duration"),
+        ('{"audio_filepath": "a.flac", "duration": 1}', "missing field.*text"),
         ('{"duration": 1, "text": "x"}', "missing field.*audio_filepath"),
         ('{"audio_filepath": "a.flac", "duration": "long", "text": "x"}', "'duration' must be"),
         ('{"audio_filepath": "a.flac", "duration": true, "text": "x"}', "'duration' must be"),

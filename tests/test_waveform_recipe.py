@@ -3,7 +3,6 @@ and the ``model.waveform`` section of the configuration."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -109,16 +108,6 @@ def test_waveform_config_errors_name_the_key(waveform, named):
         build_model(config["model"], build_vocabulary(config, []))
     with pytest.raises(ConfigError, match="unknown config key"):
         merge_config(default_config(), {"model": {"waveform": {"echo": {}}}})
-
-
-def test_readme_augmentation_snippet_runs():
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text.split("## Waveform augmentation", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    env: dict = {}
-    exec(compile(code, "README.md", "exec"), env)
-    assert env["y"].shape[0] == 3 and env["y"].shape[1] == int(env["y_lengths"].max())
-    assert env["z"].shape[1] == int(env["z_lengths"].max())
 
 
 @pytest.mark.parametrize("cache", [True, False])

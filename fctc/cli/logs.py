@@ -3,8 +3,9 @@
 Every row of ``metrics.csv`` is either a training row (the mean loss and gradient norm over
 the last ``log_every`` steps, the learning rate, utterances per second) or a validation row
 (loss, CER, WER); the columns of the other kind are left empty. The history also travels in
-the resumable checkpoint, so ``--resume`` rewrites the CSV exactly as it stood at the
-checkpoint and appends from there.
+the resumable checkpoint, with the steps of the training row not written yet
+(:class:`LogWindow`), so ``--resume`` rewrites the CSV exactly as it stood at the checkpoint
+and goes on with the same rows an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from __future__ import annotations
 import csv
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "MetricsLog", "plot_curves", "tensorboard_available"]
+import torch
+
+__all__ = ["COLUMNS", "LogWindow", "MetricsLog", "plot_curves", "tensorboard_available"]
 
 COLUMNS = (
     "step", "epoch", "kind", "elapsed_s", "loss", "grad_norm", "lr", "utterances_per_s",
@@ -99,6 +103,91 @@ class MetricsLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class LogWindow:
+    """The steps since the last training row: their losses, gradient norms and utterances.
+
+    The values stay tensors until a row is made (no host synchronisation per step).
+    :meth:`to_dict` / :meth:`from_dict` carry a partly filled window through a checkpoint, so
+    a resumed run's next row averages the same steps an uninterrupted run's does.
+
+    Args:
+        losses: the losses of the steps so far.
+        norms: their gradient norms.
+        utterances: the utterances they trained on.
+    """
+
+    def __init__(self, losses: list[Any] | None = None, norms: list[Any] | None = None,
+                 utterances: int = 0):
+        self.losses = list(losses or [])
+        self.norms = list(norms or [])
+        self.utterances = int(utterances)
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, utterances: int) -> None:
+        """Record one step.
+
+        Args:
+            loss: its loss (a scalar tensor).
+            grad_norm: its gradient norm.
+            utterances: the utterances of its batch.
+        """
+        self.losses.append(loss.detach())
+        self.norms.append(grad_norm.detach())
+        self.utterances += int(utterances)
+
+    def __len__(self) -> int:
+        return len(self.losses)
+
+    @staticmethod
+    def _stack(values: list[Any]) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(v, dtype=torch.float32).cpu() for v in values])
+
+    def row(self) -> dict[str, Any]:
+        """The training-row values of the window, and a fresh start.
+
+        Returns:
+            ``loss`` (the mean of the finite losses; NaN when none is), ``grad_norm`` (the
+            mean of the non-NaN norms) and ``utterances_per_s`` (since the window started,
+            or since :meth:`restart`).
+        """
+        losses = self._stack(self.losses)
+        finite = torch.isfinite(losses)
+        now = time.perf_counter()
+        row = {
+            "loss": float(losses[finite].mean()) if finite.any() else float("nan"),
+            "grad_norm": float(self._stack(self.norms).nanmean()),
+            "utterances_per_s": self.utterances / max(now - self.started, 1e-9),
+        }
+        self.losses, self.norms, self.utterances, self.started = [], [], 0, now
+        return row
+
+    def restart(self) -> None:
+        """Start the throughput clock again (after a validation pass, which is not training)."""
+        self.started = time.perf_counter()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The window as JSON values, for a checkpoint's metadata.
+
+        Returns:
+            ``{"losses", "grad_norms", "utterances"}`` (float32 values as exact floats).
+        """
+        return {"losses": [float(x) for x in self.losses],
+                "grad_norms": [float(x) for x in self.norms], "utterances": self.utterances}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "LogWindow":
+        """The window :meth:`to_dict` saved (an empty one for None, as older checkpoints have).
+
+        Args:
+            values: what :meth:`to_dict` returned, or None.
+
+        Returns:
+            The window.
+        """
+        values = values or {}
+        return cls(values.get("losses"), values.get("grad_norms"), values.get("utterances", 0))
 
 
 def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:

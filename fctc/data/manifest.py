@@ -2,8 +2,9 @@
 
 A line is ``{"audio_filepath": "clips/0001.flac", "duration": 1.52, "text": "turn on the
 lights"}``: ``audio_filepath`` absolute or relative to the manifest's directory, ``duration``
-in seconds, an optional ``offset`` (seconds) selecting a segment of a longer file. Other
-fields are ignored.
+in seconds (optional: without it, :class:`fctc.data.SpeechDataset` reads it from the file's
+header), an optional ``offset`` (seconds) selecting a segment of a longer file. Other fields
+are ignored.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class Utterance:
 
     Args:
         audio_filepath: the absolute path of the audio file.
-        duration: seconds of audio (of the segment, when ``offset`` is set).
+        duration: seconds of audio (of the segment, when ``offset`` is set); None when the
+            manifest does not say (the file's header does).
         text: the transcript.
         line: the 1-based manifest line it came from (0 when unknown), for error messages.
         manifest: the manifest's path, for error messages.
@@ -35,7 +37,7 @@ class Utterance:
     """
 
     audio_filepath: Path
-    duration: float
+    duration: float | None
     text: str
     line: int = 0
     manifest: Path | None = None
@@ -68,7 +70,7 @@ def _seconds(value: Any, field: str, where: str) -> float:
 
 
 def _entry(line: str, where: str) -> dict:
-    """The JSON object on one manifest line, with its three required fields checked."""
+    """The JSON object on one manifest line, with its required fields checked."""
     try:
         entry = json.loads(line)
     except json.JSONDecodeError as e:
@@ -79,11 +81,11 @@ def _entry(line: str, where: str) -> dict:
         raise ManifestError(
             f"{where}: expected a JSON object, got {type(entry).__name__}: {line[:80]!r}"
         )
-    missing = [k for k in ("audio_filepath", "duration", "text") if k not in entry]
+    missing = [k for k in ("audio_filepath", "text") if k not in entry]
     if missing:
         raise ManifestError(
-            f"{where}: missing field(s) {missing}; every line needs "
-            "'audio_filepath', 'duration' and 'text'"
+            f"{where}: missing field(s) {missing}; every line needs 'audio_filepath' and "
+            "'text' ('duration' is optional)"
         )
     audio = entry["audio_filepath"]
     if not isinstance(audio, str) or not audio:
@@ -104,8 +106,9 @@ def read_manifest(path: str | Path) -> list[Utterance]:
 
     Args:
         path: the manifest. Each non-blank line must be a JSON object with ``audio_filepath``
-            (absolute, or relative to the manifest's directory), ``duration`` (seconds; a
-            number or a numeric string) and ``text`` (a string); ``offset`` is optional.
+            (absolute, or relative to the manifest's directory) and ``text`` (a string);
+            ``duration`` (seconds; a number or a numeric string; missing or null: read from
+            the file's header) and ``offset`` are optional.
 
     Returns:
         The utterances, with absolute audio paths and their manifest line.
@@ -116,7 +119,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"read_manifest: manifest {str(path)!r} does not exist")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"manifest {path} {what}")
     base = path.absolute().parent
     out: list[Utterance] = []
     with open(path, encoding="utf-8") as f:
@@ -126,7 +130,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
                 continue
             where = f"{path}:{number}"
             entry = _entry(line, where)
-            duration = _seconds(entry["duration"], "duration", where)
+            duration = entry.get("duration")
+            duration = None if duration is None else _seconds(duration, "duration", where)
             offset = _seconds(entry.get("offset", 0.0) or 0.0, "offset", where)
             audio_path = Path(entry["audio_filepath"]).expanduser()
             if not audio_path.is_absolute():
