@@ -89,8 +89,15 @@ def _timers(config, vocab, front, front_state):
 
 
 def cache_seconds(copies: int, limit: int | None = None) -> float:
-    """CPU seconds to build the default recipe's feature cache of the bundled training split
-    with ``copies`` copies per utterance (``model.waveform.cached_copies``)."""
+    """CPU seconds to build the default recipe's feature cache of the bundled training split.
+
+    Args:
+        copies: copies per utterance (``model.waveform.cached_copies``).
+        limit: use only the first utterances (smoke runs); None: all.
+
+    Returns:
+        The process CPU time of :func:`fctc.cli.recipe.build_feature_cache`.
+    """
     config = default_config()
     config["model"]["waveform"]["cached_copies"] = copies
     utts = data.read_manifest(data.bundled_manifests()["train"])[:limit]
@@ -102,6 +109,18 @@ def cache_seconds(copies: int, limit: int | None = None) -> float:
 
 
 def run(n_batches: int, rounds: int, threads: int, limit: int | None = None) -> dict:
+    """Time every row in interleaved rounds and the cache with 1 and 4 copies.
+
+    Args:
+        n_batches: batches timed per round.
+        rounds: rounds after one warm-up round.
+        threads: torch CPU threads.
+        limit: use only the first utterances (smoke runs); None: all.
+
+    Returns:
+        The report: machine load, workload, the cache's CPU seconds and one row per timing
+        (median milliseconds per batch, ratio to the cached train step).
+    """
     torch.set_num_threads(threads)
     config = default_config()
     vocab, front, front_state, batches = _batches(config, n_batches, limit)
@@ -128,6 +147,14 @@ def run(n_batches: int, rounds: int, threads: int, limit: int | None = None) -> 
 
 
 def main(argv=None) -> int:
+    """The command line: print the table (and write the JSON report with ``--out``).
+
+    Args:
+        argv: the arguments; None: ``sys.argv``.
+
+    Returns:
+        The exit status, 0.
+    """
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, default=6)
     p.add_argument("--rounds", type=int, default=5)

@@ -46,7 +46,7 @@ def _valid(lengths, size):
 
 
 @pytest.mark.parametrize("name", sorted(AUGMENTATIONS))
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(key=ft.keys(), batch=ft.padded_batches(batch_sizes=st.integers(1, 4), channels=None,
                                               max_time=st.integers(1, 2000), scale=0.1))
 def test_augmentation_properties(name, key, batch):

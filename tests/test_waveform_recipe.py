@@ -43,7 +43,7 @@ def test_augmented_front_end_runs_the_waveform_steps_first_in_training_only():
 
 @pytest.fixture(scope="module")
 def dataset():
-    utts = data.read_manifest(data.bundled_manifests()["train"])[:10]
+    utts = data.read_manifest(data.bundled_manifests()["train"])[:8]
     config = default_config()
     return data.SpeechDataset(utts, build_vocabulary(config, [u.text for u in utts]))
 
