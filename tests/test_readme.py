@@ -38,6 +38,7 @@ KINDS = {
     "nemo": 'fctc.nemo.load_nemo("QuartzNet5x5LS-En.nemo")',
     "torchrun": "dist.init_from_env()",
     "porting": "state = step.observe(state, epoch=epoch)",
+    "waveform": "audio.augment_waveform(",
 }
 
 
@@ -104,6 +105,11 @@ def test_block_runs_as_printed(index, workdir, monkeypatch, capsys):
         state, metrics = env["state"], env["metrics"]
         assert int(state.observed.value_count) == 3 and int(state.observed.epoch) == 2
         assert set(metrics) >= {"loss", "stats/mae", "weight"} and float(metrics["weight"]) == 8.0
+    elif kind == "waveform":  # speed changes the lengths, the chain keeps the padding zero
+        assert env["y"].shape[1] == int(env["y_lengths"].max())
+        assert env["z"].shape[1] == int(env["z_lengths"].max())
+        pad = torch.arange(env["z"].shape[1])[None, :] >= env["z_lengths"][:, None]
+        assert not env["z"][pad].any()
 
 
 def test_torchrun_block_runs_under_torchrun(workdir):

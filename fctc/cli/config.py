@@ -33,6 +33,7 @@ __all__ = [
 
 REPLACED_WHOLE = frozenset(
     {"model.encoder", "model.front_end", "model.spec_augment", "model.warp"}
+    | {f"model.waveform.{step}" for step in ("speed", "reverb", "noise", "band_limit", "gain")}
 )
 """Dotted paths of the sections a user's value replaces instead of being merged into."""
 

@@ -17,7 +17,7 @@ from .. import data as _data
 from .. import tree as _tree
 from ..text import Vocabulary
 from .errors import ConfigError, RunError
-from .recipe import build_front_end, build_vocabulary, output_frames
+from .recipe import build_feature_cache, build_vocabulary, output_frames
 
 __all__ = ["TrainingData", "manifest_path"]
 
@@ -169,7 +169,8 @@ class TrainingData:
         return sum(len(self.plan(e)) for e in range(epochs))
 
     def cache_features(self, model_config: dict[str, Any], front_state: Any) -> None:
-        """Compute every training utterance's features once (``data.cache_features``).
+        """Compute every training utterance's features once (``data.cache_features``), with
+        the waveform-augmented copies of ``model.waveform.cached_copies``.
 
         Args:
             model_config: the ``model`` section (its front end).
@@ -179,7 +180,7 @@ class TrainingData:
             RunError: no utterance could be decoded.
         """
         front_state = _tree.map(lambda x: x.cpu(), front_state)
-        self.cache = _data.FeatureCache(self.train_set, build_front_end(model_config), front_state)
+        self.cache = build_feature_cache(model_config, self.train_set, front_state, int(self.config["seed"]))
         if all(f is None for f in self.cache.features):
             raise nothing_usable("train", self.train_path, self.train_set)
 
@@ -195,7 +196,7 @@ class TrainingData:
         """
         plan = self.plan(epoch)
         if self.cache is not None:
-            yield from self.cache.iterate(plan, start)
+            yield from self.cache.iterate(plan, start, epoch)
             return
         loader = _data.make_loader(
             self.train_set, plan, num_workers=int(self.config["data"]["num_workers"]),
