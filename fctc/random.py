@@ -114,12 +114,45 @@ def _threefry2x32(k: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor):
     ks = (k0, k1, k0 ^ k1 ^ _PARITY)  # the parity constant fits in int32 as it is
     x0 = x0 + ks[0]
     x1 = x1 + ks[1]
+    if x0.numel() >= _IN_PLACE_MIN and _eager(x0, x1):
+        return _rounds_in_place(ks, x0, x1)
     for i in range(5):
         for r in _ROTATIONS[i % 2]:
             x0 = x0 + x1
             x1 = _rotl(x1, r) ^ x0
         x0 = x0 + ks[(i + 1) % 3]
         x1 = x1 + (ks[(i + 2) % 3] + (i + 1))
+    return x0, x1
+
+
+#: From this many blocks on, eager ciphers run in place (a third of the time on 2**20 blocks).
+_IN_PLACE_MIN = 4096
+
+
+def _eager(*xs: torch.Tensor) -> bool:
+    """Whether ``xs`` are plain tensors outside any compile or ``torch.func`` transform (where
+    in-place operations and ``out=`` are not safe)."""
+    return (
+        not torch.compiler.is_compiling()
+        and not torch._C._are_functorch_transforms_active()
+        and all(type(x) is torch.Tensor and not x.requires_grad for x in xs)
+    )
+
+
+def _rounds_in_place(ks: tuple, x0: torch.Tensor, x1: torch.Tensor):
+    """The 20 rounds of :func:`_threefry2x32` after the first key injection, updating the
+    fresh ``x0``/``x1`` in place: the same words, without a new tensor per operation."""
+    t = torch.empty_like(x1)
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x0 += x1
+            torch.bitwise_right_shift(x1, 32 - r, out=t)
+            t &= (1 << r) - 1  # the logical shift's bits (int32 shifts right are arithmetic)
+            x1 <<= r
+            x1 |= t
+            x1 ^= x0
+        x0 += ks[(i + 1) % 3]
+        x1 += ks[(i + 2) % 3] + (i + 1)
     return x0, x1
 
 

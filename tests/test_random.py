@@ -42,6 +42,27 @@ def test_threefry_known_answers(key, counter, expected):
     assert (int(y0) & 0xFFFFFFFF, int(y1) & 0xFFFFFFFF) == expected
 
 
+@pytest.mark.parametrize("key, counter", [((0, 0), (0, 0)), ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF)),
+                                          ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3))])
+def test_threefry_in_place_rounds_give_the_known_answers_in_bulk(key, counter):
+    """A block of many counters takes the in-place path; each block still gives the known
+    answer of its counter, the same as the tensor rounds."""
+    n = R._IN_PLACE_MIN + 3
+    c0, c1 = (R._to_int32(w).expand(n).clone() for w in words(*counter))
+    y0, y1 = R._threefry2x32(torch.tensor(key), c0, c1)
+    one = R._threefry2x32(torch.tensor(key), c0[:1], c1[:1])
+    assert torch.equal(y0, one[0].expand(n)) and torch.equal(y1, one[1].expand(n))
+    assert torch.equal(c0, R._to_int32(words(*counter)[0]).expand(n))  # inputs untouched
+
+
+def test_bulk_bits_equal_under_vmap_and_eagerly():
+    """vmap over keys runs the tensor rounds; eagerly the in-place ones: the same words."""
+    keys = R.split(R.key(5), 3)
+    n = 2 * R._IN_PLACE_MIN
+    vmapped = torch.func.vmap(lambda k: R.bits(k, (n,)))(keys)
+    assert torch.equal(vmapped, torch.stack([R.bits(k, (n,)) for k in keys]))
+
+
 # ----------------------------------------------------------------------------- keys
 
 
