@@ -177,6 +177,51 @@ def test_transcribe_goes_on_past_a_bad_file(straight_run, tmp_path):
     assert rc == 2 and out == "" and "1 of 1 audio files" in err
 
 
+def test_transcribe_names_an_undecodable_file_in_one_line(straight_run, tmp_path):
+    """Item 8: a file whose header reads but whose data does not (a truncated FLAC) is one
+    line naming it, with no internal name; the good file is still transcribed."""
+    run, _, _ = straight_run
+    good, bad = str(bundled_audio(0)), str(truncated_clip(tmp_path))
+    rc, out, err = run_cli("transcribe", "--checkpoint", str(run), bad, good)
+    assert rc == 2 and len(out.splitlines()) == 1
+    lines = [x for x in err.splitlines() if x.startswith("fctc transcribe: error:")]
+    assert bad in lines[0] and "Traceback" not in err and "AudioError" not in err
+
+
+def test_eval_on_a_flipped_byte_is_a_one_line_checkpoint_error(straight_run, tmp_path):
+    """Item 3: fctc eval refuses a checkpoint with a flipped byte, naming the file."""
+    import shutil
+
+    run, _, _ = straight_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run / "best", copy)
+    model_file = copy / "model.safetensors"
+    data_ = bytearray(model_file.read_bytes())
+    data_[-5] ^= 0xFF
+    model_file.write_bytes(bytes(data_))
+    manifest = few_manifest(tmp_path / "m.jsonl", 2)
+    rc, out, err = run_cli("eval", "--checkpoint", str(copy), "--manifest", str(manifest))
+    assert rc == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("fctc eval: error:") and str(model_file) in err and "checksum" in err
+
+
+def test_a_runs_files_are_readable_by_others(straight_run):
+    """Item 10: every file fctc train writes into the run folder is 0644 (under umask 022)."""
+    import os
+    import stat
+
+    run, _, _ = straight_run
+    umask = os.umask(0o022)
+    os.umask(umask)
+    if umask != 0o022:
+        pytest.skip(f"the run was written under umask {umask:#o}")
+    files = [p for p in run.rglob("*") if p.is_file() and p.name != "fctc.lock"]
+    assert any(p.name == "model.safetensors" for p in files)
+    modes = {str(p.relative_to(run)): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert set(modes.values()) == {"0o644"}, modes
+
+
 def test_manifest_duration_is_optional(straight_run, tmp_path):
     """Item 10: without ``duration`` the file header gives it (train, eval, the dataset)."""
     run, _, _ = straight_run
