@@ -15,12 +15,17 @@ choice of machinery lives in one place:
   host shortcut fctc takes: eagerly on the CPU, where reading a flag back costs no device
   synchronisation (:func:`host_is_free`), the choice is made in Python. On accelerators and
   under tracing they stay tensor operations.
+* :func:`checks_values` says whether an eager check of user-given values (lengths in range,
+  labels not the blank) may read them back now: on the CPU by default, never under tracing,
+  and on accelerators only inside :func:`value_checks` ``("always")``, since each read waits
+  for the device there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -36,6 +41,9 @@ __all__ = [
     "jit",
     "is_tracing",
     "host_is_free",
+    "checks_values",
+    "value_checks",
+    "VALUE_CHECKS",
     "all_finite",
     "select",
 ]
@@ -65,6 +73,58 @@ def host_is_free(tensors: Sequence[torch.Tensor]) -> bool:
     return not is_tracing() and all(x.device.type == "cpu" for x in tensors)
 
 
+#: The modes of :func:`value_checks`.
+VALUE_CHECKS = ("auto", "always", "never")
+_value_checks = ["auto"]
+
+
+def checks_values(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether an eager check of the values of ``tensors`` runs now.
+
+    Args:
+      tensors: the tensors the check would read.
+
+    Returns:
+      False under tracing; otherwise, in the :func:`value_checks` mode ``"auto"`` (the
+      default) :func:`host_is_free`, in ``"always"`` True, in ``"never"`` False.
+    """
+    if is_tracing():
+        return False
+    mode = _value_checks[0]
+    if mode == "auto":
+        return all(x.device.type == "cpu" for x in tensors)
+    return mode == "always"
+
+
+@contextlib.contextmanager
+def value_checks(mode: str) -> Iterator[None]:
+    """Choose, for the block, where fctc checks user-given values eagerly (a debug switch).
+
+    Lengths (:func:`fctc.nn.check_lengths`) and CTC targets (:func:`fctc.losses.ctc_loss`)
+    are checked once per batch. On the CPU that is free; on an accelerator each read waits
+    for the device, so by default (``"auto"``) they are checked on the CPU only and an
+    accelerator step never synchronises for them. ``"always"`` checks everywhere (debugging
+    a GPU run), ``"never"`` nowhere. Compiled code never checks values.
+
+    Args:
+      mode: one of :data:`VALUE_CHECKS`.
+
+    Yields:
+      Nothing; the previous mode comes back on exit.
+
+    Raises:
+      ValueError: an unknown mode.
+    """
+    if mode not in VALUE_CHECKS:
+        raise ValueError(f"value_checks: mode must be one of {VALUE_CHECKS}, got {mode!r}")
+    previous = _value_checks[0]
+    _value_checks[0] = mode
+    try:
+        yield
+    finally:
+        _value_checks[0] = previous
+
+
 def all_finite(tree: Any, norm: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`fctc.tree.all_finite`, with one global norm instead of a mask per leaf on the CPU.
 
@@ -82,6 +142,8 @@ def all_finite(tree: Any, norm: torch.Tensor | None = None) -> torch.Tensor:
     Returns:
       A 0-d bool tensor.
     """
+    if norm is not None and host_is_free([norm]) and bool(torch.isfinite(norm)):
+        return torch.ones((), dtype=torch.bool)  # the caller's norm proves it: no flattening
     xs = [x for x in _tree.leaves(tree) if x.is_floating_point()]
     if not xs:
         return torch.ones((), dtype=torch.bool)
@@ -113,8 +175,11 @@ def select(pred: torch.Tensor, on_true: Any, on_false: Any) -> Any:
     if not bool(pred):
         return on_false
     a, spec = _tree.flatten(on_true)
+    b = spec.flatten_up_to(on_false)
+    if all(type(x) is type(y) is torch.Tensor and x.dtype == y.dtype and x.device == y.device for x, y in zip(a, b)):
+        return on_true  # nothing to cast: the chosen tree as it is
     out = []
-    for x, y in zip(a, spec.flatten_up_to(on_false)):
+    for x, y in zip(a, b):
         out.append(torch.as_tensor(x, device=y.device).to(y.dtype) if isinstance(y, torch.Tensor) else y)
     return _tree.unflatten(spec, out)
 

@@ -16,10 +16,12 @@ Reductions:
 An utterance whose target cannot be aligned to its frames (CTC needs one frame per label plus
 one per pair of equal adjacent labels) has infinite loss; ``zero_infinity`` turns that into a
 zero loss with a zero gradient. Eagerly, ``ctc_loss`` warns with the number of such
-utterances so the data problem does not go unnoticed. The check is a few vectorised
-comparisons and one host synchronisation; it is skipped while tracing (``fctc.backend.jit``,
-``value_and_grad`` under a transform), so a compiled training step pays nothing for it, and
-``check_feasible=False`` skips it eagerly too.
+utterances so the data problem does not go unnoticed. That count and the checks of the
+targets' values are a few vectorised comparisons and one read back to the host; they run where
+:func:`fctc.backend.checks_values` allows (eagerly on the CPU by default; on accelerators only
+inside ``fctc.backend.value_checks("always")``, since the read waits for the device; never
+while tracing, so a compiled training step pays nothing for them). ``check_feasible=False``
+skips the count.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .backend import is_tracing
+from .backend import checks_values, is_tracing
+from .nn.core import length_bounds
 
 __all__ = ["ctc_loss", "infeasible_count", "REDUCTIONS"]
 
@@ -65,35 +68,49 @@ def _validate(logits, lengths, targets, target_lengths, blank, reduction):
         raise ValueError(f"ctc_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
-def _check_values(logits, lengths, targets, target_lengths, blank):
-    """Host-side checks of the values (eager only: each needs a synchronisation)."""
-    time, max_target = logits.shape[2], targets.shape[1]
-    if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > time):
-        raise ValueError(
-            f"ctc_loss: lengths must lie in [0, {time}] (the frames of logits), got "
-            f"{lengths.tolist()}"
-        )
-    if target_lengths.numel() and (
-        int(target_lengths.min()) < 0 or int(target_lengths.max()) > max_target
-    ):
-        raise ValueError(
-            f"ctc_loss: target_lengths must lie in [0, {max_target}] (the columns of targets), "
-            f"got {target_lengths.tolist()}"
-        )
+def _check_values(logits, lengths, targets, target_lengths, blank, feasible: bool) -> int:
+    """Host-side checks of the values; returns the number of infeasible utterances (0 when
+    ``feasible`` is False). Lengths whose range is known on the host cost no read
+    (:func:`fctc.nn.core.length_bounds`); the labels and the feasibility take one read."""
+    time, max_target, vocab = logits.shape[2], targets.shape[1], logits.shape[1]
+    if lengths.numel():
+        lo, hi = length_bounds(lengths)
+        if lo < 0 or hi > time:
+            raise ValueError(
+                f"ctc_loss: lengths must lie in [0, {time}] (the frames of logits), got "
+                f"{lengths.tolist()}"
+            )
+        lo, hi = length_bounds(target_lengths)
+        if lo < 0 or hi > max_target:
+            raise ValueError(
+                f"ctc_loss: target_lengths must lie in [0, {max_target}] (the columns of "
+                f"targets), got {target_lengths.tolist()}"
+            )
     valid = torch.arange(max_target, device=targets.device) < target_lengths.unsqueeze(1)
-    labels = targets[valid]
-    if labels.numel():
-        vocab = logits.shape[1]
-        if int(labels.min()) < 0 or int(labels.max()) >= vocab:
-            raise ValueError(
-                f"ctc_loss: target indices must lie in [0, {vocab}), got values from "
-                f"{int(labels.min())} to {int(labels.max())}"
-            )
-        if bool((labels == blank).any()):
-            raise ValueError(
-                f"ctc_loss: targets contain the blank index {blank} within target_lengths; the "
-                "blank must never be a label (pad targets only beyond their lengths)"
-            )
+    if not valid.numel():
+        return 0
+    big = torch.iinfo(torch.int64).max
+    targets = targets.long()
+    stats = [
+        torch.where(valid, targets, big).amin(),
+        torch.where(valid, targets, -1).amax(),
+        (valid & (targets == blank)).any().long(),
+        valid.any().long(),
+    ]
+    if feasible:
+        stats.append(infeasible_count(lengths, targets, target_lengths).long())
+    lab_lo, lab_hi, has_blank, has_labels, *bad = torch.stack(stats).tolist()  # the one read
+    if has_labels and (lab_lo < 0 or lab_hi >= vocab):
+        raise ValueError(
+            f"ctc_loss: target indices must lie in [0, {vocab}), got values from "
+            f"{lab_lo} to {lab_hi}"
+        )
+    if has_blank:
+        raise ValueError(
+            f"ctc_loss: targets contain the blank index {blank} within target_lengths; the "
+            "blank must never be a label (pad targets only beyond their lengths)"
+        )
+    return bad[0] if bad else 0
 
 
 # -- the CTC kernel as an opaque custom op ------------------------------------------------------
@@ -151,6 +168,13 @@ def _(grad, log_probs, targets, lengths, target_lengths, nll, alpha, blank):
     return torch.empty_like(log_probs)
 
 
+def _ctc_kernel_backward(grad, log_probs, targets, lengths, target_lengths, nll, alpha, blank):
+    """aten's CTC backward kernel on the forward kernel's own alpha table (eager path)."""
+    return torch.ops.aten._ctc_loss_backward.Tensor(
+        grad, log_probs, targets, lengths, target_lengths, nll, alpha, blank, True
+    )
+
+
 def _ctc_nll(log_probs, targets, lengths, target_lengths, blank):
     """Per-utterance CTC negative log-likelihood, infinite ones zeroed (``zero_infinity``).
 
@@ -164,11 +188,14 @@ def _ctc_nll(log_probs, targets, lengths, target_lengths, blank):
     torch <= 2.9 turns any ``autograd.Function`` into one that functorch refuses.
     """
     lp = log_probs.detach()
-    nll, alpha = _ctc_nll_op(lp, targets, lengths, target_lengths, blank)
+    if is_tracing():
+        nll, alpha = _ctc_nll_op(lp, targets, lengths, target_lengths, blank)
+        backward = _ctc_nll_backward_op
+    else:  # eagerly the kernels themselves: no custom-op dispatch, no padded alpha table
+        nll, alpha = torch.ops.aten._ctc_loss.Tensor(lp, targets, lengths, target_lengths, blank, True)
+        backward = _ctc_kernel_backward
     if log_probs.requires_grad:
-        slope = _ctc_nll_backward_op(
-            torch.ones_like(nll), lp, targets, lengths, target_lengths, nll, alpha, blank
-        )
+        slope = backward(torch.ones_like(nll), lp, targets, lengths, target_lengths, nll, alpha, blank)
         nll = nll + ((log_probs - lp) * slope).sum(dim=(0, 2))
     # The kernel's zero_infinity flag only zeroes gradients; the value is zeroed here, as
     # aten::ctc_loss does around the same kernel.
@@ -229,9 +256,9 @@ def ctc_loss(
             lengths or labels out of range, or the blank used as a label.
     """
     _validate(logits, lengths, targets, target_lengths, blank, reduction)
-    tracing = is_tracing()
-    if not tracing:
-        _check_values(logits, lengths, targets, target_lengths, blank)
+    infeasible = 0
+    if checks_values([lengths, targets, target_lengths]):
+        infeasible = _check_values(logits, lengths, targets, target_lengths, blank, check_feasible)
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     log_probs = F.log_softmax(logits.permute(2, 0, 1), dim=2)
@@ -245,14 +272,12 @@ def ctc_loss(
         loss = nll.sum() / logits.shape[0]
     else:
         loss = nll
-    if check_feasible and not tracing:
-        n = int(infeasible_count(lengths, targets, target_lengths))
-        if n:
-            warnings.warn(
-                f"ctc_loss: {n} of {logits.shape[0]} utterances have more labels (plus repeats) "
-                "than output frames; their loss is set to 0 (zero_infinity). Filter out such "
-                "utterances or use a model with less downsampling.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+    if infeasible:
+        warnings.warn(
+            f"ctc_loss: {infeasible} of {logits.shape[0]} utterances have more labels (plus "
+            "repeats) than output frames; their loss is set to 0 (zero_infinity). Filter out such "
+            "utterances or use a model with less downsampling.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return loss

@@ -24,7 +24,7 @@ import torch
 
 from .. import nn as _nn
 from .. import random as _random
-from ..nn.core import Model, check_lengths, check_rank
+from ..nn.core import Model, check_lengths, check_rank, lengths_follow
 
 __all__ = [
     "masked_conv1d",
@@ -137,6 +137,8 @@ def masked_conv1d(
         x = x.masked_fill(~valid.unsqueeze(1), 0.0)
         y, _ = conv.apply(params["conv"], {}, x)
         out_lengths = torch.div(lengths + (2 * padding - span), stride, rounding_mode="floor") + 1
+        # The same formula on the host: later length checks need not read the values back.
+        lengths_follow(out_lengths, lengths, lambda n: (n + 2 * padding - span) // stride + 1)
         return (y, out_lengths), state
 
     return Model(init, apply)

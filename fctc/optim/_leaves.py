@@ -21,11 +21,6 @@ Scalar = Any  # a Python number or a 0-d tensor
 NS = "fctc"
 
 
-def is_none(x: Any) -> bool:
-    """Whether ``x`` is None (an ``is_leaf`` that keeps None leaves of an update tree)."""
-    return x is None
-
-
 class Leaves:
     """``updates`` flattened once; other trees are flattened up to its structure.
 
@@ -36,7 +31,8 @@ class Leaves:
     __slots__ = ("treedef", "xs", "idx", "n")
 
     def __init__(self, updates: Any):
-        leaves, self.treedef = optree.tree_flatten(updates, is_leaf=is_none, namespace=NS)
+        # None leaves are kept as leaves (none_is_leaf: optree's own test, no Python callback).
+        leaves, self.treedef = optree.tree_flatten(updates, none_is_leaf=True, namespace=NS)
         self.n = len(leaves)
         if any(x is None for x in leaves):
             self.idx = [i for i, x in enumerate(leaves) if x is not None]
