@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -56,9 +57,7 @@ def is_tracing() -> bool:
       True inside ``torch.compile`` tracing or a ``torch.func`` transform: then Python must not
       branch on tensor values, and buffers must not be written in place.
     """
-    if torch.compiler.is_compiling():
-        return True
-    return torch._C._functorch.peek_interpreter_stack() is not None
+    return _tree._is_tracing()
 
 
 def host_is_free(tensors: Sequence[torch.Tensor]) -> bool:
@@ -92,7 +91,10 @@ def checks_values(tensors: Sequence[torch.Tensor]) -> bool:
         return False
     mode = _value_checks[0]
     if mode == "auto":
-        return all(x.device.type == "cpu" for x in tensors)
+        for x in tensors:  # (a loop, not all(...): this runs for every layer)
+            if not x.is_cpu:
+                return False
+        return True
     return mode == "always"
 
 
@@ -174,14 +176,34 @@ def select(pred: torch.Tensor, on_true: Any, on_false: Any) -> Any:
         return _tree.select(pred, on_true, on_false)
     if not bool(pred):
         return on_false
+    # Usually on_false is the state passed in (whose structure fctc.tree remembers) and on_true
+    # has its structure, leaf for leaf: then nothing needs casting and on_true is the answer.
+    b, spec_false = _tree.flatten(on_false)
+    try:
+        if _same_kind(spec_false.flatten_up_to(on_true), b):
+            return on_true
+    except (ValueError, TypeError):
+        pass  # another structure: the general path below says what is wrong
     a, spec = _tree.flatten(on_true)
     b = spec.flatten_up_to(on_false)
-    if all(type(x) is type(y) is torch.Tensor and x.dtype == y.dtype and x.device == y.device for x, y in zip(a, b)):
-        return on_true  # nothing to cast: the chosen tree as it is
     out = []
     for x, y in zip(a, b):
         out.append(torch.as_tensor(x, device=y.device).to(y.dtype) if isinstance(y, torch.Tensor) else y)
     return _tree.unflatten(spec, out)
+
+
+_DTYPE = operator.attrgetter("dtype")
+_DEVICE = operator.attrgetter("device")
+
+
+def _same_kind(a: list, b: list) -> bool:
+    """Whether two leaf lists are plain tensors with the same dtypes and devices, leaf by leaf
+    (C-level loops: the eager step asks this of its whole state every step)."""
+    types = set(map(type, a))
+    types.update(map(type, b))
+    if types != {torch.Tensor}:
+        return not a and not b
+    return list(map(_DTYPE, a)) == list(map(_DTYPE, b)) and list(map(_DEVICE, a)) == list(map(_DEVICE, b))
 
 
 def _check_argnums(argnums: int | Sequence[int], nargs: int) -> tuple[int, ...]:
@@ -288,7 +310,8 @@ def _regroup(flats: list, gs: Sequence[torch.Tensor | None]) -> list[Any]:
 
 
 def _detach_aux(aux: Any) -> Any:
-    return _tree.map(lambda a: a.detach() if isinstance(a, torch.Tensor) else a, aux)
+    # A tensor that needs no gradient is in no graph: it is its own detached value.
+    return _tree.map(lambda a: a.detach() if isinstance(a, torch.Tensor) and a.requires_grad else a, aux)
 
 
 def _autograd_path(fn, nums, argnums, has_aux, args, kwargs):

@@ -68,10 +68,9 @@ def _validate(logits, lengths, targets, target_lengths, blank, reduction):
         raise ValueError(f"ctc_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
-def _check_values(logits, lengths, targets, target_lengths, blank, feasible: bool) -> int:
-    """Host-side checks of the values; returns the number of infeasible utterances (0 when
-    ``feasible`` is False). Lengths whose range is known on the host cost no read
-    (:func:`fctc.nn.core.length_bounds`); the labels and the feasibility take one read."""
+def _check_values(logits, lengths, targets, target_lengths, blank) -> None:
+    """Host-side checks of the values. Lengths whose range is known on the host cost no read
+    (:func:`fctc.nn.core.length_bounds`); the labels take one read."""
     time, max_target, vocab = logits.shape[2], targets.shape[1], logits.shape[1]
     if lengths.numel():
         lo, hi = length_bounds(lengths)
@@ -88,7 +87,7 @@ def _check_values(logits, lengths, targets, target_lengths, blank, feasible: boo
             )
     valid = torch.arange(max_target, device=targets.device) < target_lengths.unsqueeze(1)
     if not valid.numel():
-        return 0
+        return
     big = torch.iinfo(torch.int64).max
     targets = targets.long()
     stats = [
@@ -97,9 +96,7 @@ def _check_values(logits, lengths, targets, target_lengths, blank, feasible: boo
         (valid & (targets == blank)).any().long(),
         valid.any().long(),
     ]
-    if feasible:
-        stats.append(infeasible_count(lengths, targets, target_lengths).long())
-    lab_lo, lab_hi, has_blank, has_labels, *bad = torch.stack(stats).tolist()  # the one read
+    lab_lo, lab_hi, has_blank, has_labels = torch.stack(stats).tolist()  # the one read
     if has_labels and (lab_lo < 0 or lab_hi >= vocab):
         raise ValueError(
             f"ctc_loss: target indices must lie in [0, {vocab}), got values from "
@@ -110,7 +107,6 @@ def _check_values(logits, lengths, targets, target_lengths, blank, feasible: boo
             f"ctc_loss: targets contain the blank index {blank} within target_lengths; the "
             "blank must never be a label (pad targets only beyond their lengths)"
         )
-    return bad[0] if bad else 0
 
 
 # -- the CTC kernel as an opaque custom op ------------------------------------------------------
@@ -168,18 +164,13 @@ def _(grad, log_probs, targets, lengths, target_lengths, nll, alpha, blank):
     return torch.empty_like(log_probs)
 
 
-def _ctc_kernel_backward(grad, log_probs, targets, lengths, target_lengths, nll, alpha, blank):
-    """aten's CTC backward kernel on the forward kernel's own alpha table (eager path)."""
-    return torch.ops.aten._ctc_loss_backward.Tensor(
-        grad, log_probs, targets, lengths, target_lengths, nll, alpha, blank, True
-    )
-
-
 def _ctc_nll(log_probs, targets, lengths, target_lengths, blank):
-    """Per-utterance CTC negative log-likelihood, infinite ones zeroed (``zero_infinity``).
+    """Per-utterance CTC negative log-likelihood, infinite ones zeroed (``zero_infinity``), and
+    the mask of those infinite ones.
 
-    The derivative comes without an ``autograd.Function``: when ``log_probs`` needs a gradient,
-    the backward kernel runs here with unit upstream gradients, giving ``slope = d nll_b /
+    Eagerly (no tracing, no functorch transform) this is ``F.ctc_loss``'s own path: aten's
+    kernel, differentiated by its autograd formula. Traced, the derivative comes without an
+    ``autograd.Function``: when ``log_probs`` needs a gradient, the backward kernel runs here with unit upstream gradients, giving ``slope = d nll_b /
     d log_probs[:, b]``, and ``nll + sum((log_probs - log_probs.detach()) * slope)`` (the same
     value, exactly: the added term is zero) hands it to autograd, which multiplies it by the
     upstream gradient. The kernel scales its result by the upstream gradient as its last
@@ -187,19 +178,23 @@ def _ctc_nll(log_probs, targets, lengths, target_lengths, blank):
     under every transform: ``torch.func.grad`` / ``vjp`` eagerly, and compiled steps, where
     torch <= 2.9 turns any ``autograd.Function`` into one that functorch refuses.
     """
+    if not is_tracing():
+        nll, _ = torch.ops.aten._ctc_loss.Tensor(
+            log_probs, targets, lengths, target_lengths, blank, True
+        )
+        infinite = nll == float("inf")
+        return torch.where(infinite, torch.zeros_like(nll), nll), infinite
     lp = log_probs.detach()
-    if is_tracing():
-        nll, alpha = _ctc_nll_op(lp, targets, lengths, target_lengths, blank)
-        backward = _ctc_nll_backward_op
-    else:  # eagerly the kernels themselves: no custom-op dispatch, no padded alpha table
-        nll, alpha = torch.ops.aten._ctc_loss.Tensor(lp, targets, lengths, target_lengths, blank, True)
-        backward = _ctc_kernel_backward
+    nll, alpha = _ctc_nll_op(lp, targets, lengths, target_lengths, blank)
     if log_probs.requires_grad:
-        slope = backward(torch.ones_like(nll), lp, targets, lengths, target_lengths, nll, alpha, blank)
+        slope = _ctc_nll_backward_op(
+            torch.ones_like(nll), lp, targets, lengths, target_lengths, nll, alpha, blank
+        )
         nll = nll + ((log_probs - lp) * slope).sum(dim=(0, 2))
     # The kernel's zero_infinity flag only zeroes gradients; the value is zeroed here, as
     # aten::ctc_loss does around the same kernel.
-    return torch.where(nll == float("inf"), torch.zeros_like(nll), nll)
+    infinite = nll == float("inf")
+    return torch.where(infinite, torch.zeros_like(nll), nll), infinite
 
 
 def infeasible_count(lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor):
@@ -256,14 +251,19 @@ def ctc_loss(
             lengths or labels out of range, or the blank used as a label.
     """
     _validate(logits, lengths, targets, target_lengths, blank, reduction)
-    infeasible = 0
-    if checks_values([lengths, targets, target_lengths]):
-        infeasible = _check_values(logits, lengths, targets, target_lengths, blank, check_feasible)
+    checking = checks_values([lengths, targets, target_lengths])
+    if checking:
+        _check_values(logits, lengths, targets, target_lengths, blank)
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     log_probs = F.log_softmax(logits.permute(2, 0, 1), dim=2)
+    nll, infinite = _ctc_nll(log_probs, targets.long(), lengths.long(), target_lengths.long(), blank)
+    infeasible = 0
+    # An utterance too short for its labels has an infinite loss: only when the kernel gave one
+    # is the exact count needed (a few more comparisons and a second read).
+    if checking and check_feasible and bool(infinite.any()):
+        infeasible = int(infeasible_count(lengths, targets, target_lengths))
     target_lengths = target_lengths.long()
-    nll = _ctc_nll(log_probs, targets.long(), lengths.long(), target_lengths, blank)
     if reduction in ("thunder", "mean"):  # torch's "mean"
         loss = (nll / target_lengths.clamp_min(1).to(nll.dtype)).mean()
     elif reduction == "sum":

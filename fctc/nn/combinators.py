@@ -52,7 +52,15 @@ def _init_children(models: tuple[Model, ...], key: Any) -> tuple[dict, dict]:
     return params, state
 
 
+_CHILD_NAMES: dict[int, frozenset] = {}
+
+
 def _children(tree: Any, n: int, what: str, name: str) -> dict:
+    names = _CHILD_NAMES.get(n)
+    if names is None:
+        names = _CHILD_NAMES[n] = frozenset(str(i) for i in range(n))
+    if type(tree) is dict and tree.keys() <= names:  # the common case, quickly
+        return tree
     if not isinstance(tree, dict):
         raise TypeError(f"{name}: {what} must be a dict, got {type(tree).__name__}")
     names = {str(i) for i in range(n)}

@@ -184,6 +184,9 @@ def check_params(params: Any, expected: dict[str, tuple[int, ...]], name: str) -
         ValueError: a name is missing or unexpected, or a shape differs (the message says
             which).
     """
+    if type(params) is dict and params.keys() == expected.keys():  # the common case, quickly
+        if all(params[k].shape == shape for k, shape in expected.items()):
+            return
     if not isinstance(params, dict):
         raise TypeError(f"{name}: params must be a dict, got {type(params).__name__}")
     missing = [k for k in expected if k not in params]

@@ -97,6 +97,8 @@ def _micro_batches(batch: Any, k: int) -> list[tuple[Any, float]]:
     if size < 1:
         raise ValueError("train_step: the batch is empty")
     k = min(k, size)
+    if k == 1:
+        return [(batch, 1.0)]  # the whole batch (equal to batch[0:size], without the slicing)
     bounds = [round(i * size / k) for i in range(k + 1)]
     return [
         (_tree.map(lambda x, a=a, b=b: x[a:b], batch), (b - a) / size)
