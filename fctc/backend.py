@@ -11,6 +11,8 @@ choice of machinery lives in one place:
 * :func:`vmap` is ``torch.func.vmap``.
 * :func:`jit` compiles a pure function with ``torch.compile``; ``jit(fn, enabled=False)`` runs
   the very same function eagerly, so every compiled path has an eager twin for tests.
+  :func:`jit_trees` compiles a function of pytrees over their flat tensor leaves, so that the
+  compiled code guards tensors only (see :mod:`fctc._tree_jit`).
 * :func:`all_finite` and :func:`select` are :mod:`fctc.tree`'s branch-free checks with the one
   host shortcut fctc takes: eagerly on the CPU, where reading a flag back costs no device
   synchronisation (:func:`host_is_free`), the choice is made in Python. On accelerators and
@@ -32,7 +34,9 @@ from typing import Any
 import torch
 import torch.func
 
+from . import _tree_jit
 from . import tree as _tree
+from ._tree_jit import jit_trees as jit_trees
 
 __all__ = [
     "value_and_grad",
@@ -40,6 +44,7 @@ __all__ = [
     "vjp",
     "vmap",
     "jit",
+    "jit_trees",
     "is_tracing",
     "host_is_free",
     "checks_values",
@@ -403,13 +408,16 @@ def vjp(fn: Callable[..., Any], *primals: Any, has_aux: bool = False):
         cts = out_spec.flatten_up_to(cotangents) if cotangents is not None else []
         pairs = [(o, c) for o, c in zip(out_leaves, cts) if c is not None and o.requires_grad]
         if pairs and all_inputs:
-            gs = torch.autograd.grad(
-                [o for o, _ in pairs],
-                all_inputs,
-                grad_outputs=[c for _, c in pairs],
-                retain_graph=True,
-                allow_unused=True,
-            )
+            # The graph is kept for further calls; a compiled forward (jit_trees) then needs a
+            # backward without AOTAutograd's donated buffers, decided when it is compiled here.
+            with _tree_jit.no_donated_buffers():
+                gs = torch.autograd.grad(
+                    [o for o, _ in pairs],
+                    all_inputs,
+                    grad_outputs=[c for _, c in pairs],
+                    retain_graph=True,
+                    allow_unused=True,
+                )
         else:
             gs = [None] * len(all_inputs)
         return tuple(_regroup(flats, gs))

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..backend import checks_values
+from ..backend import checks_values, is_tracing
 
 __all__ = ["Model", "check_rank", "check_lengths", "length_bounds", "lengths_follow", "check_params"]
 
@@ -98,7 +98,7 @@ def lengths_follow(new: torch.Tensor, old: torch.Tensor, fn: Callable[[int], int
     Returns:
         ``new`` itself.
     """
-    if not (old.dtype.is_floating_point or new.dtype.is_floating_point):
+    if not (old.dtype.is_floating_point or new.dtype.is_floating_point or is_tracing()):
         bounds = _known_bounds(old)
         if bounds is not None:
             _remember(new, fn(bounds[0]), fn(bounds[1]))
