@@ -22,8 +22,8 @@ from fctc.audio import (
 # -- an imperative reference of thunder's FilterbankFeatures (eval mode) ----------------------
 # Written for these tests from thunder-speech's documented behaviour: a sequence of modules over
 # (audio, lengths) -- (dither + preemphasis), power spectrum (buffer "window"), mel scale inside a
-# wrapper whose ``.layer`` is an nn.Sequential (buffer "fb"), and the masked normaliser whose
-# sums run over every frame while dividing by the valid count.
+# wrapper whose ``.layer`` is an nn.Sequential (buffer "fb"), and the masked normaliser, which
+# zero-fills the padding, then sums over every frame while dividing by the valid count.
 
 
 class _Preemph(nn.Module):
@@ -63,13 +63,22 @@ class _Mel(nn.Module):
         return torch.log(torch.matmul(self.fb.to(x.dtype), x) + 2**-24)
 
 
+def thunder_normalize(x, mask, div_guard):
+    """thunder-speech 3.2.0's masked ``normalize_tensor``, step by step: the padding is set to 0
+    first, the mean divides the sum by the valid count, and the squared deviations are summed
+    over every position (a padded one adds ``(0 - mean)**2``) before that same division."""
+    x = torch.masked_fill(x, ~mask.type(torch.bool), 0.0)
+    count = mask.sum(dim=-1, keepdim=True).detach()
+    mean = x.sum(dim=-1, keepdim=True).detach() / count
+    squares = (x - mean).pow(2).sum(dim=-1, keepdim=True).detach()
+    std = (squares / count).sqrt()
+    return torch.masked_fill((x - mean) / (std + div_guard), ~mask.type(torch.bool), 0.0)
+
+
 class _ThunderNorm(nn.Module):
     def forward(self, x, lengths):
         mask = (torch.arange(x.shape[-1])[None, :] < lengths[:, None]).unsqueeze(1)
-        n = mask.sum(dim=-1, keepdim=True)
-        mean = x.sum(dim=-1, keepdim=True) / n
-        std = ((x - mean).pow(2).sum(dim=-1, keepdim=True) / n).sqrt()
-        return torch.masked_fill((x - mean) / (std + 1e-5), ~mask, 0.0), lengths
+        return thunder_normalize(x, mask, 1e-5), lengths
 
 
 class _Seq(nn.Sequential):
@@ -282,6 +291,39 @@ def test_frames_clear_of_the_length_never_see_the_padding():
     clear = (4000 - 160) // 160 + 1  # frames t with t*160 + 160 <= 4000
     assert torch.equal(logmel(x)[..., :clear], logmel(y)[..., :clear])
     assert not torch.equal(logmel(x)[..., clear], logmel(y)[..., clear])
+
+
+@given(
+    st.one_of(fctc.testing.padded_batches(dtype=torch.float32, scale=4.0),
+              fctc.testing.padded_batches(dtype=torch.float64, padding="nan")),
+    st.sampled_from([1e-5, 1e-7, 0.5]),
+)
+def test_thunder_stats_equal_thunders_formula_bit_for_bit_on_padded_input(batch, div_guard):
+    """Padding holds garbage (as log-mel padding does): thunder zero-fills it, so it enters the
+    variance as (0 - mean)^2 terms; normalise(stats="thunder") gives the identical bits."""
+    x, lengths = batch
+    mask = (torch.arange(x.shape[-1])[None, :] < lengths[:, None]).unsqueeze(1)
+    want = thunder_normalize(x, mask, div_guard)
+    got = normalise(x, lengths, div_guard, stats="thunder")
+    assert got.dtype == x.dtype
+    assert torch.equal(got, want)
+
+
+def test_thunder_stats_depend_on_the_amount_of_padding_not_its_contents():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 4, 10, generator=g) + 3.0  # a nonzero mean, as log-mel features have
+    lengths = torch.tensor([6])
+    longer = torch.cat([x, torch.randn(1, 4, 5, generator=g)], dim=-1)  # more padding
+    garbage = x.clone()
+    garbage[..., 6:] = 1e3
+    thunder = normalise(x, lengths, stats="thunder")
+    assert torch.equal(normalise(garbage, lengths, stats="thunder"), thunder)
+    assert not torch.allclose(normalise(longer, lengths, stats="thunder")[..., :10], thunder, atol=1e-3)
+    valid = normalise(x, lengths)
+    torch.testing.assert_close(normalise(longer, lengths)[..., :10], valid)
+    assert not torch.allclose(thunder, valid, atol=1e-2)
+    # thunder's variance adds (0 - mean)^2 per padded frame: its std is larger than the valid one
+    assert (thunder[..., :6].abs() < valid[..., :6].abs()).all()
 
 
 def test_normalise_statistics():

@@ -1,12 +1,13 @@
 """The ``fctc`` command line: train / eval / transcribe, checkpoints, exact resume, Ctrl-C, config.
 
 Every run uses a tiny model on a few bundled utterances (``data.limit``), so the whole file
-takes seconds of compute; the runs that several tests look at are shared module fixtures.
+takes seconds of compute; the run that several tests look at is the shared ``straight_run``
+fixture (tests/conftest.py). Errors, locks, data parallel and the rest of issue 15's cases are
+in test_cli_*.py.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -19,7 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
 
 import fctc
 import fctc.testing
@@ -42,59 +42,12 @@ from fctc.cli.train import INTERRUPTED_EXIT, default_out_dir, resolve_device
 from fctc.lexicon import lexicon_words, read_lexicon
 from fctc.lm import KneserNeyLM
 
-TINY = {
-    "data": {"limit": 12, "max_batch_seconds": 6.0},
-    "model": {
-        "encoder": {
-            "filters": [8], "kernel_sizes": [5], "repeat": 1, "stem_filters": 8,
-            "stem_kernel": 5, "final_filters": [8, 8], "final_kernel": 5,
-        },
-        "front_end": {"nfilt": 16},
-        "spec_augment": {"freq_masks": 1, "freq_width": 4, "time_masks": 1, "time_width": 0.05},
-    },
-    "training": {"max_steps": 4, "log_every": 1, "eval_every": 2, "checkpoint_every": 1},
-}
-STEPS = TINY["training"]["max_steps"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_threads():
-    """``fctc train`` sets torch's thread count (config ``threads``); give other tests theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def _write(path: Path, config: dict) -> Path:
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory) -> Path:
-    return _write(tmp_path_factory.mktemp("cfg") / "tiny.yaml", TINY)
-
-
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory, tiny_config):
-    """A complete tiny run: ``(run folder, exit status, stdout)``."""
-    out = tmp_path_factory.mktemp("runs") / "straight"
-    import io
-    from contextlib import redirect_stdout
-
-    buf = io.StringIO()
-    with redirect_stdout(buf):
-        rc = main(["train", "--config", str(tiny_config), "--out", str(out), "--no-progress"])
-    return out, rc, buf.getvalue()
-
-
-def _tensors(folder: Path, name: str = "model.safetensors") -> dict[str, torch.Tensor]:
-    return load_file(str(folder / name))
-
-
-def _train_rows(run: Path) -> list[dict[str, str]]:
-    with open(run / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+from cli_helpers import STEPS, TINY  # noqa: F401  (the shared tiny recipe; fixtures in conftest)
+from cli_helpers import deep_update as _deep_update
+from cli_helpers import few_manifest
+from cli_helpers import tensors as _tensors
+from cli_helpers import train_rows as _train_rows
+from cli_helpers import write_config as _write
 
 
 # -- fctc train ------------------------------------------------------------------------------
@@ -172,13 +125,7 @@ def test_eval_prints_one_json_line_and_writes_per_utterance_results(straight_run
 
 def _few(tmp_path: Path, n: int = 5) -> Path:
     """A manifest of the first ``n`` bundled test utterances, with absolute audio paths."""
-    source = data.bundled_manifests()["test"]
-    rows = [json.loads(line) for line in source.read_text().splitlines()[:n]]
-    for r in rows:
-        r["audio_filepath"] = str(source.parent / r["audio_filepath"])
-    path = tmp_path / "few.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return few_manifest(tmp_path / "few.jsonl", n)
 
 
 def test_train_writes_the_lexicon_and_lm_of_its_training_texts(straight_run):
@@ -347,13 +294,6 @@ def test_resume_a_finished_run_only_reevaluates(straight_run, tmp_path, capsys):
 
 
 # -- errors ----------------------------------------------------------------------------------
-
-
-def _deep_update(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 @pytest.mark.parametrize(
@@ -560,6 +500,21 @@ def test_metrics_log_plot_and_history(tmp_path):
     png = cli_logs.plot_curves(log.rows, tmp_path / "c.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert isinstance(cli_logs.tensorboard_available(), bool)
+
+
+def test_log_window_survives_a_checkpoint_exactly():
+    """The window's float32 values go through JSON unchanged, so a resumed row is the same."""
+    values = torch.randn(5, generator=torch.Generator().manual_seed(0))
+    window = cli_logs.LogWindow()
+    for i, v in enumerate(values):
+        window.add(v, v.abs(), 3 + i)
+    window.add(torch.tensor(float("nan")), torch.tensor(float("nan")), 1)
+    restored = cli_logs.LogWindow.from_dict(json.loads(json.dumps(window.to_dict())))
+    assert len(restored) == 6 and restored.utterances == window.utterances == 26
+    a, b = window.row(), restored.row()
+    assert (a["loss"], a["grad_norm"]) == (b["loss"], b["grad_norm"])
+    assert a["loss"] == float(values.mean()) and len(window) == 0
+    assert len(cli_logs.LogWindow.from_dict(None)) == 0
 
 
 def test_checkpoint_folders_swap_whole_and_resolve(tmp_path):

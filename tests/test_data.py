@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import math
 import multiprocessing
 import os
+import pickle
 import warnings
 from pathlib import Path
 
@@ -105,7 +108,7 @@ def test_read_manifest_relative_to_manifest_not_cwd(tmp_path, monkeypatch):
     [
         ('{"audio_filepath": "a.flac", "duration": 1', "not valid JSON"),
         ('["a.flac", 1, "x"]', "expected a JSON object"),
-        ('{"audio_filepath": "a.flac", "text": "x"}', "missing field.*duration"),
+        ('{"audio_filepath": "a.flac", "duration": 1}', "missing field.*text"),
         ('{"duration": 1, "text": "x"}', "missing field.*audio_filepath"),
         ('{"audio_filepath": "a.flac", "duration": "long", "text": "x"}', "'duration' must be"),
         ('{"audio_filepath": "a.flac", "duration": true, "text": "x"}', "'duration' must be"),
@@ -120,6 +123,41 @@ def test_read_manifest_bad_line_names_file_and_line(tmp_path, line, match):
     with pytest.raises(ManifestError, match=match) as e:
         read_manifest(manifest)
     assert f"bad.jsonl:2" in str(e.value)
+
+
+def test_read_manifest_keeps_the_other_fields_read_only(tmp_path):
+    manifest = write_manifest(tmp_path / "m.jsonl", [
+        {"audio_filepath": "a.flac", "duration": 1.0, "text": "go", "engine": "flite",
+         "voice": "awb", "rate": 0.94, "tags": ["x"]},
+        {"audio_filepath": "b.flac", "text": "stop", "offset": 0.5},
+    ])
+    a, b = read_manifest(manifest)
+    # every field but the four read_manifest interprets, in the line's order
+    assert list(a.fields.items()) == [("engine", "flite"), ("voice", "awb"), ("rate", 0.94),
+                                      ("tags", ["x"])]
+    assert dict(b.fields) == {} and b.offset == 0.5
+    with pytest.raises(TypeError):
+        a.fields["engine"] = "espeak-ng"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.fields = {}
+    # equal, hashable (fields stay out of the hash) and picklable (DataLoader workers) as before
+    again = read_manifest(manifest)[0]
+    assert again == a and hash(again) == hash(a) and a != b
+    assert pickle.loads(pickle.dumps(a)) == a and copy.deepcopy(b) == b
+    assert pickle.loads(pickle.dumps(a)).fields["engine"] == "flite"
+
+
+def test_utterance_fields_default_empty_and_copied():
+    plain = Utterance(Path("/x/a.flac"), 1.0, "go")
+    assert dict(plain.fields) == {}
+    given = {"engine": "espeak-ng"}
+    u = Utterance(Path("/x/a.flac"), 1.0, "go", fields=given)
+    given["engine"] = "flite"  # the utterance holds its own read-only copy
+    assert u.fields["engine"] == "espeak-ng" and u != plain
+    with pytest.raises(TypeError):
+        u.fields["voice"] = "awb"
+    with pytest.raises(TypeError, match="fields must be a mapping"):
+        Utterance(Path("/x/a.flac"), 1.0, "go", fields=["engine"])
 
 
 def test_read_manifest_missing_file(tmp_path):

@@ -191,7 +191,7 @@ def test_quartznet_archive_loads_every_tensor(quartznet_archive):
     assert ckpt.vocabulary.blank_idx == len(LABELS)
     assert ckpt.front_end == dict(
         sample_rate=16000, n_window_size=320, n_window_stride=160, n_fft=512, nfilt=16,
-        dither=1e-5,
+        dither=1e-5, pad_mode="reflect",
     )
     assert ckpt.encoder["filters"] == [16, 24] and ckpt.encoder["kernel_sizes"] == [5, 7]
     assert ckpt.encoder["final_filters"] == (24, 32) and ckpt.encoder["repeat"] == 2
@@ -262,7 +262,7 @@ def test_front_end_config_reads_nemo_preprocessor_fields():
     cfg = front_end_config({**_preprocessor(80), "window_size": 0.025, "n_fft": None,
                             "preemph": 0.9})
     assert cfg == dict(sample_rate=16000, n_window_size=400, n_window_stride=160, n_fft=512,
-                       nfilt=80, dither=1e-5, preemph=0.9)
+                       nfilt=80, dither=1e-5, pad_mode="reflect", preemph=0.9)
     with pytest.raises(ValueError, match="window='hamming'"):
         front_end_config({**_preprocessor(80), "window": "hamming"})
 

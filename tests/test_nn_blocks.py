@@ -36,7 +36,8 @@ def numpy_masked_normalize(x, lengths, div_guard):
 
 
 def thunder_masked_formula(x, mask, div_guard):
-    """thunder's masked branch as written (its sums run over every position)."""
+    """thunder's masked branch: zero-fill the padding, then sums over every position."""
+    x = torch.masked_fill(x, ~mask.bool(), 0.0)
     n = mask.sum(dim=-1, keepdim=True)
     mean = x.sum(dim=-1, keepdim=True) / n
     std = ((x - mean).pow(2).sum(dim=-1, keepdim=True) / n).sqrt()

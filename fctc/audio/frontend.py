@@ -5,10 +5,12 @@ log-mel features ``(B, nfilt, T)`` with per-example frame counts, in thunder's o
 
 1. :func:`dither` — in training only, add ``dither * N(0, 1)`` noise to every sample (the
    noise comes from the ``key``);
-2. :func:`preemphasis` — ``y[0] = x[0]``, ``y[n] = x[n] - preemph * x[n-1]``;
-3. :func:`power_spectrum` — ``torch.stft(center=True)`` (reflect padding of ``n_fft // 2``
-   at both ends of the padded batch) with a symmetric Hann window of ``n_window_size``
-   samples, then ``|X|^2``; ``T = N // hop + 1`` frames;
+2. :func:`preemphasis` — ``y[0] = x[0]``, ``y[n] = x[n] - preemph * x[n-1]``; with
+   ``pad_mode="constant"`` the samples at or beyond each length are then set to 0;
+3. :func:`power_spectrum` — ``torch.stft(center=True)`` (padding of ``n_fft // 2`` samples
+   at both ends of the padded batch: a reflection of the signal with ``pad_mode="reflect"``,
+   thunder's, or zeros with ``"constant"``) with a symmetric Hann window of
+   ``n_window_size`` samples, then ``|X|^2``; ``T = N // hop + 1`` frames;
 4. :func:`mel_scale` — the slaney-scale, slaney-normalised mel filterbank of
    :func:`fctc.audio.mel_filterbank` (librosa's default), applied as a matrix product;
 5. :func:`log` — ``log(x + 2**-24)``;
@@ -17,25 +19,34 @@ log-mel features ``(B, nfilt, T)`` with per-example frame counts, in thunder's o
    :func:`feature_lengths` (``floor(length / hop) + 1``) are set to 0.
 
 Masking: thunder masks nothing before step 6 (its ``Masked`` wrapper only carries the lengths
-along), and neither does this module. Step 6 uses ``fctc.nn.normalize_tensor`` with a mask,
-whose statistics cover the valid frames only. Thunder's own masked normalisation sums over
-all frames, padding included, while dividing by the number of valid frames; so on padded
-batches thunder's features depend on how much padding there is. ``stats="thunder"``
-reproduces that formula exactly, for bit-parity with features thunder computed on padded
-batches. On unpadded input (a single utterance, or a batch whose lengths all equal ``N``)
-both agree with thunder.
+along), and neither does this module with ``pad_mode="reflect"``. Step 6 uses
+``fctc.nn.normalize_tensor`` with a mask, whose statistics cover the valid frames only. Thunder's own masked normalisation
+(thunder-speech 3.2.0's ``normalize_tensor``) first sets the padded frames to 0; its mean is
+then the mean of the valid frames, but it sums the squared deviations over all frames, so
+every padded frame adds ``(0 - mean)**2`` to the variance (which it still divides by the
+number of valid frames). On padded batches thunder's features therefore depend on how much
+padding a row has, though not on what the padding held. ``stats="thunder"`` reproduces that
+computation operation for operation, bit for bit, for parity with features thunder computed
+on padded batches. On unpadded input (a single utterance, or a batch whose lengths all equal
+``N``) the two modes agree with each other and with thunder, up to rounding.
 
-What padding can and cannot change (with ``stats="valid"``, the default):
+Padding modes. With ``pad_mode="constant"`` (zeros, as NeMo's current front end pads, and
+what ``fctc train`` uses for new models) an utterance gets the same features whatever batch
+it is padded into and whatever its padding holds, and the same as alone and unpadded (up to float rounding): frame
+``t`` reads samples ``[t*hop - n_fft/2, t*hop + n_fft/2)``, and every sample outside
+``[0, length)`` is a zero both in a batch (masked after preemphasis) and alone (the STFT's
+zero padding); the valid frames, hence the statistics of step 6, are the same too. With
+``pad_mode="reflect"`` (the default, thunder's, kept for thunder and NeMo checkpoints trained
+with it; it needs more than ``n_fft // 2`` samples per row):
 
 * features beyond ``feature_lengths`` are exactly 0;
-* the log-mel energy of frame ``t`` reads samples ``[t*hop - n_fft/2, t*hop + n_fft/2)``
-  through a window that is nonzero only on ``[t*hop - win/2, t*hop + win/2)``; so frames with
-  ``t*hop + win/2 <= length`` never see the padding, while the last few valid frames do (a
-  property of ``center=True``, shared with thunder and NeMo) and so do the statistics of step 6;
+* frames with ``t*hop + win/2 <= length`` never see the padding, while the last few valid
+  frames do (a property of ``center=True``, shared with thunder) and so do the statistics of
+  step 6, which then shift every frame;
 * hence an utterance gives the same features in any batch in which it is followed by at least
   ``n_fft // 2`` zero samples, whatever the other utterances and the total padded length;
-  alone and unpadded it differs slightly, because the STFT then reflects its last samples
-  instead of reading zeros.
+  alone and unpadded it differs (by 0.2 to 4 on normalised features), because the STFT then
+  reflects its last samples instead of reading zeros.
 
 The front end has no parameters. Its state holds thunder's two buffers under thunder's
 ``state_dict`` keys, so checkpoints load unchanged: the Hann window at ``1.window`` and the mel
@@ -48,12 +59,14 @@ import torch
 
 from .. import random as _random
 from ..nn.blocks import lengths_to_mask, normalize_tensor
-from ..nn.core import Model, check_lengths, check_rank
+from ..nn.core import Model
 from .mel import mel_filterbank
+from .waveform import check_audio
 
 __all__ = [
     "LOG_GUARD",
     "DIV_GUARD",
+    "PAD_MODES",
     "filterbank",
     "dither",
     "preemphasis",
@@ -68,6 +81,8 @@ LOG_GUARD = 2.0**-24
 """Added before the log, as thunder and NeMo do, so that silence gives a finite value."""
 DIV_GUARD = 1e-5
 """Added to the standard deviation in :func:`normalise`."""
+PAD_MODES = ("constant", "reflect")
+"""The STFT paddings of :func:`filterbank`: zeros (batch-independent) or thunder's reflection."""
 
 
 # -- the steps --------------------------------------------------------------------------
@@ -110,10 +125,12 @@ def power_spectrum(
     hop_length: int = 160,
     win_length: int = 320,
     window: torch.Tensor | None = None,
+    pad_mode: str = "reflect",
 ) -> torch.Tensor:
     """``|STFT|^2`` of a batch of waveforms.
 
-    ``torch.stft`` with ``center=True`` (reflect padding). The magnitude is taken as
+    ``torch.stft`` with ``center=True``: ``n_fft // 2`` samples of padding at both ends of
+    each row, a reflection of the signal (thunder's) or zeros. The magnitude is taken as
     ``sqrt(re^2 + im^2)`` and then squared, exactly as thunder does.
 
     Args:
@@ -123,10 +140,17 @@ def power_spectrum(
         win_length: the window's length.
         window: the window; None is a symmetric Hann window
             (``torch.hann_window(win_length, periodic=False)``).
+        pad_mode: ``"reflect"`` (thunder's; needs ``N > n_fft // 2``) or ``"constant"``
+            (zeros).
 
     Returns:
         ``(B, n_fft // 2 + 1, N // hop_length + 1)`` powers.
+
+    Raises:
+        ValueError: ``pad_mode`` is neither ``"reflect"`` nor ``"constant"``.
     """
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"power_spectrum: pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
     if window is None:
         window = torch.hann_window(win_length, periodic=False, dtype=audio.dtype)
     spec = torch.stft(
@@ -136,7 +160,7 @@ def power_spectrum(
         win_length=win_length,
         window=window.to(device=audio.device, dtype=audio.dtype),
         center=True,
-        pad_mode="reflect",
+        pad_mode=pad_mode,
         return_complex=True,
     )
     return torch.view_as_real(spec).pow(2).sum(-1).sqrt().pow(2.0)
@@ -193,15 +217,22 @@ def normalise(
 ) -> torch.Tensor:
     """Per-example, per-feature standardisation over each example's frames.
 
-    ``(x - mean) / (std + div_guard)`` with the population standard deviation over the first
-    ``lengths[b]`` frames; later frames become 0.
+    ``(x - mean) / (std + div_guard)`` per example and feature, with ``mean`` the mean of the
+    first ``lengths[b]`` frames; frames from ``lengths[b]`` on become 0. The statistics are
+    detached (gradients flow through ``x`` only), as in thunder.
+
+    * ``stats="valid"``: ``std`` is the population standard deviation of the valid frames;
+      what the padded frames hold never changes the result.
+    * ``stats="thunder"``: thunder-speech's ``normalize_tensor``, bit for bit: the padded
+      frames are set to 0 first, and ``std`` is ``sqrt(sum over all T frames of (x - mean)**2
+      / lengths[b])``, so each padded frame adds ``mean**2`` to the variance (see the module
+      notes). The result depends on the amount of padding, not on its contents.
 
     Args:
         features: ``(B, C, T)``.
         lengths: valid frames per example.
         div_guard: added to the standard deviation.
-        stats: ``"valid"``, or ``"thunder"`` for thunder's formula, whose sums run over all
-            ``T`` frames (see the module notes).
+        stats: ``"valid"`` or ``"thunder"``.
 
     Returns:
         The standardised features, same shape.
@@ -213,18 +244,24 @@ def normalise(
     if stats == "valid":
         return normalize_tensor(features, mask, div_guard=div_guard)
     if stats == "thunder":
-        x = features.detach()
-        count = mask.sum(dim=-1, keepdim=True)
-        mean = x.sum(dim=-1, keepdim=True) / count
-        std = ((x - mean).pow(2).sum(dim=-1, keepdim=True) / count).sqrt()
-        return torch.masked_fill((features - mean) / (std + div_guard), ~mask, 0.0)
+        return _thunder_normalise(features, mask, div_guard)
     raise ValueError(f"normalise: stats must be 'valid' or 'thunder', got {stats!r}")
+
+
+def _thunder_normalise(x: torch.Tensor, mask: torch.Tensor, div_guard: float) -> torch.Tensor:
+    """thunder-speech 3.2.0's masked ``normalize_tensor``, in its order of operations."""
+    invalid = ~mask
+    x = torch.masked_fill(x, invalid, 0.0)
+    count = mask.sum(dim=-1, keepdim=True)
+    mean = x.sum(dim=-1, keepdim=True).detach() / count
+    std = ((x - mean).pow(2).sum(dim=-1, keepdim=True).detach() / count).sqrt()
+    return torch.masked_fill((x - mean) / (std + div_guard), invalid, 0.0)
 
 
 # -- the model --------------------------------------------------------------------------
 
 
-def _check_filterbank_args(n_window_size, n_window_stride, n_fft, stats, dither) -> None:
+def _check_filterbank_args(n_window_size, n_window_stride, n_fft, stats, dither, pad_mode) -> None:
     if n_window_size <= 0 or n_window_stride <= 0:
         raise ValueError(
             "filterbank: n_window_size and n_window_stride must be positive ints, got "
@@ -238,18 +275,11 @@ def _check_filterbank_args(n_window_size, n_window_stride, n_fft, stats, dither)
         raise ValueError(f"filterbank: stats must be 'valid' or 'thunder', got {stats!r}")
     if dither < 0:
         raise ValueError(f"filterbank: dither must be non-negative, got {dither}")
-
-
-def _check_audio(audio: torch.Tensor, lengths: torch.Tensor, name: str) -> None:
-    check_rank(audio, 2, name, "audio (batch, samples)")
-    if not audio.is_floating_point():
-        raise TypeError(f"{name}: audio must be floating point, got {audio.dtype}")
-    if audio.shape[-1] == 0:
+    if pad_mode not in PAD_MODES:
         raise ValueError(
-            f"{name}: audio is empty (shape {tuple(audio.shape)}); a batch needs at least one "
-            "sample per row: drop empty utterances first (fctc.data skips them)"
+            f"filterbank: pad_mode must be one of {PAD_MODES}, got {pad_mode!r} ('constant': "
+            "features independent of the batch; 'reflect': thunder's, for its checkpoints)"
         )
-    check_lengths(lengths, audio, name)
 
 
 def _buffers(state, name: str, n_window_size: int, nfilt: int, n_freqs: int):
@@ -279,6 +309,7 @@ def filterbank(
     nfilt: int = 64,
     dither: float = 1e-5,  # noqa: F811 - thunder's argument name
     stats: str = "valid",
+    pad_mode: str = "reflect",
 ) -> Model:
     """thunder's ``FilterbankFeatures`` as a :class:`~fctc.nn.core.Model`.
 
@@ -286,7 +317,8 @@ def filterbank(
     sample counts ``(B,)`` to ``((features (B, nfilt, N // hop + 1), feature_lengths), state)``.
     Dither applies only when ``train`` is true and needs a ``key`` then. ``params`` is empty;
     ``state`` holds the window and the mel filterbank under thunder's ``state_dict`` keys.
-    Arguments and defaults are thunder's.
+    Arguments and defaults are thunder's; ``pad_mode="constant"`` makes the features of an
+    utterance independent of its batch (see the module notes).
 
     Args:
         sample_rate: the audio's sample rate in Hz.
@@ -298,15 +330,18 @@ def filterbank(
         dither: the standard deviation of the training-time noise; 0 turns it off.
         stats: the normalisation statistics, ``"valid"`` or ``"thunder"`` (see the module
             notes).
+        pad_mode: ``"reflect"`` (thunder's STFT padding, for thunder and NeMo checkpoints
+            trained with it) or ``"constant"`` (samples beyond each length are zeroed after
+            preemphasis and the STFT pads with zeros: batch-independent features).
 
     Returns:
         The front-end model.
 
     Raises:
         ValueError: a size is not positive, ``n_fft < n_window_size``, ``dither < 0``, or
-            ``stats`` is unknown.
+            ``stats`` or ``pad_mode`` is unknown.
     """
-    _check_filterbank_args(n_window_size, n_window_stride, n_fft, stats, dither)
+    _check_filterbank_args(n_window_size, n_window_stride, n_fft, stats, dither, pad_mode)
     amount = float(dither)
     n_freqs = n_fft // 2 + 1
 
@@ -319,7 +354,7 @@ def filterbank(
     def apply(params, state, audio, lengths, train: bool = False, key=None):
         """Features ``(B, nfilt, T)`` and their lengths from audio ``(B, N)`` and its lengths."""
         name = "filterbank"
-        _check_audio(audio, lengths, name)
+        check_audio(audio, lengths, name)
         window, fb = _buffers(state, name, n_window_size, nfilt, n_freqs)
         x = audio
         if train and amount > 0:
@@ -330,7 +365,9 @@ def filterbank(
                 )
             x = _dither(key, x, amount)
         x = preemphasis(x, preemph)
-        x = power_spectrum(x, n_fft, n_window_stride, n_window_size, window)
+        if pad_mode == "constant":
+            x = x.masked_fill(~lengths_to_mask(lengths.to(x.device), x.shape[-1]), 0.0)
+        x = power_spectrum(x, n_fft, n_window_stride, n_window_size, window, pad_mode)
         out_lengths = feature_lengths(lengths, n_window_stride)
         x = log(mel_scale(x, fb))
         x = normalise(x, out_lengths, DIV_GUARD, stats)

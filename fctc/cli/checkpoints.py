@@ -17,16 +17,19 @@ checkpoint (``<name>.old``, picked up automatically) rather than a mix of two.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from safetensors import SafetensorError
 
 from .. import checkpoint as _ckpt
 from .. import random as _random
 from ..nn.core import Model
 from ..text import Vocabulary
+from .errors import ConfigError, RunError
 from .recipe import build_model
 
 __all__ = [
@@ -77,16 +80,24 @@ def save_checkpoint_dir(
 
     Returns:
         The folder written.
+
+    Raises:
+        RunError: the files could not be written (a full disk, say); the previous checkpoint
+            at ``path`` is left as it was, and the partial copy removed.
     """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     old = path.with_name(path.name + ".old")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    _ckpt.save_model(tmp / MODEL_FILE, params, model_state, model_metadata)
-    if train_state is not None:
-        _ckpt.save_train_state(tmp / TRAIN_STATE_FILE, train_state, train_metadata)
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        _ckpt.save_model(tmp / MODEL_FILE, params, model_state, model_metadata)
+        if train_state is not None:
+            _ckpt.save_train_state(tmp / TRAIN_STATE_FILE, train_state, train_metadata)
+    except (OSError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunError(_save_failed(path, e)) from None
     if path.exists():
         if old.exists():
             shutil.rmtree(old)
@@ -95,6 +106,19 @@ def save_checkpoint_dir(
     if old.exists():
         shutil.rmtree(old)
     return path
+
+
+def _save_failed(path: Path, e: BaseException) -> str:
+    """The message of a checkpoint that could not be written."""
+    if isinstance(e, OSError):
+        reason = e.strerror or str(e)
+    else:  # safetensors reports the OS error inside its message: "... code: 28, ..."
+        code = re.search(r"code: (\d+)", str(e))
+        reason = os.strerror(int(code.group(1))) if code else str(e)
+    kept = f"the previous checkpoint {path} is intact" if path.exists() else "nothing was saved"
+    return (f"could not save the checkpoint {path}: {reason}; {kept}. Free some disk space "
+            f"(or fix the folder's permissions), then continue with fctc train --resume "
+            f"{path.parent}")
 
 
 def _complete(folder: Path) -> bool:
@@ -115,14 +139,15 @@ def resolve_checkpoint(path: str | os.PathLike, need_train_state: bool = False) 
 
     Raises:
         FileNotFoundError: nothing there, or no (resumable) checkpoint in it.
-        ValueError: ``path`` is a file.
+        ConfigError: ``path`` is a file.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.is_file():
-        raise ValueError(
-            f"checkpoint {path} is a file; pass the folder that holds {MODEL_FILE} (or a run folder)"
+        raise ConfigError(
+            f"checkpoint {path} is a file; pass the folder that holds it ({path.parent}) or a "
+            "run folder"
         )
     order = ["last", "best"] if need_train_state else ["best", "last"]
     candidates = [path] + [path / n for n in order]

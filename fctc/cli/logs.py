@@ -2,9 +2,13 @@
 
 Every row of ``metrics.csv`` is either a training row (the mean loss and gradient norm over
 the last ``log_every`` steps, the learning rate, utterances per second) or a validation row
-(loss, CER, WER); the columns of the other kind are left empty. The history also travels in
-the resumable checkpoint, so ``--resume`` rewrites the CSV exactly as it stood at the
-checkpoint and appends from there.
+(loss, CER, WER); the columns of the other kind are left empty. A loss function that reports
+statistics (:class:`fctc.train.LossOutput`) adds columns: ``train/<key>`` and ``weight`` (the
+window's weighted means and summed weight) and ``val_<key>`` and ``val_weight``; they appear
+when first logged (the file is then rewritten with the wider header). The history also
+travels in the resumable checkpoint, with the steps of the training row not written yet
+(:class:`LogWindow`), so ``--resume`` rewrites the CSV exactly as it stood at the checkpoint
+and goes on with the same rows an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -12,15 +16,54 @@ from __future__ import annotations
 import csv
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "MetricsLog", "plot_curves", "tensorboard_available"]
+import torch
+
+from ..train import WeightedMean
+
+__all__ = ["COLUMNS", "LogWindow", "MetricsLog", "plot_curves", "stat_columns", "tensorboard_available"]
 
 COLUMNS = (
     "step", "epoch", "kind", "elapsed_s", "loss", "grad_norm", "lr", "utterances_per_s",
     "nonfinite", "val_loss", "val_cer", "val_wer",
 )
+_RESERVED = ("loss", "cer", "wer", "weight")
+
+
+def _is_stat_column(name: str) -> bool:
+    return name.startswith("train/") or name.startswith("val_") or name == "weight"
+
+
+def stat_columns(stats: dict[str, Any], weight: Any, validation: bool) -> dict[str, float]:
+    """A row's statistics columns: ``train/<key>`` and ``weight``, or ``val_<key>`` and
+    ``val_weight``.
+
+    Args:
+        stats: key -> value (numbers or 0-d tensors).
+        weight: their summed weight, or None.
+        validation: the columns of a validation row.
+
+    Returns:
+        column -> float.
+
+    Raises:
+        ValueError: a key that would take a column fctc writes itself (loss, cer, wer, weight).
+    """
+    clash = sorted(k for k in stats if k in _RESERVED)
+    if clash:
+        raise ValueError(
+            f"loss_fn: the statistics {clash} are named like columns fctc train writes itself "
+            f"(loss, val_loss, val_cer, val_wer, weight); rename them, e.g. {clash[0]!r} -> "
+            f"{clash[0] + '_stat'!r}"
+        )
+    prefix = "val_" if validation else "train/"
+    out = {prefix + k: float(v) for k, v in stats.items()}
+    if weight is not None:
+        out["val_weight" if validation else "weight"] = float(weight)
+    return out
 
 
 def tensorboard_available() -> bool:
@@ -48,11 +91,10 @@ class MetricsLog:
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / "metrics.csv"
         self.rows: list[dict[str, Any]] = [dict(r) for r in (history or [])]
-        with open(self.path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            for row in self.rows:
-                writer.writerow(self._cells(row))
+        self.columns = list(COLUMNS)
+        for row in self.rows:
+            self.columns += [c for c in row if c not in self.columns]
+        self._rewrite()
         self._tb = None
         if tensorboard and tensorboard_available():
             from torch.utils.tensorboard import SummaryWriter
@@ -60,10 +102,17 @@ class MetricsLog:
             start = int(self.rows[-1]["step"]) + 1 if self.rows else 0
             self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=start)
 
-    @staticmethod
-    def _cells(row: dict[str, Any]) -> dict[str, Any]:
+    def _rewrite(self) -> None:
+        """Write the whole CSV (header and every row) from :attr:`rows`."""
+        with open(self.path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            for row in self.rows:
+                writer.writerow(self._cells(row))
+
+    def _cells(self, row: dict[str, Any]) -> dict[str, Any]:
         out = {}
-        for c in COLUMNS:
+        for c in self.columns:
             v = row.get(c)
             if isinstance(v, float):
                 v = f"{v:.6g}" if math.isfinite(v) else str(v)
@@ -74,31 +123,153 @@ class MetricsLog:
         """Record one row in the history, the CSV and TensorBoard.
 
         Args:
-            row: column -> value, keys from :data:`COLUMNS` (missing ones are left empty).
+            row: column -> value, keys from :data:`COLUMNS` or statistics columns
+                (:func:`stat_columns`); missing ones are left empty.
 
         Raises:
-            ValueError: a key that is not a column.
+            ValueError: a key that is neither.
         """
-        unknown = sorted(set(row) - set(COLUMNS))
+        unknown = sorted(k for k in row if k not in COLUMNS and not _is_stat_column(k))
         if unknown:
-            raise ValueError(f"MetricsLog: unknown columns {unknown}; allowed: {list(COLUMNS)}")
+            raise ValueError(
+                f"MetricsLog: unknown columns {unknown}; allowed: {list(COLUMNS)} and the "
+                "statistics columns train/<key>, val_<key>, weight"
+            )
         self.rows.append(dict(row))
-        with open(self.path, "a", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=COLUMNS).writerow(self._cells(row))
+        new = [k for k in row if k not in self.columns]
+        if new:
+            self.columns += new
+            self._rewrite()
+        else:
+            with open(self.path, "a", newline="", encoding="utf-8") as f:
+                csv.DictWriter(f, fieldnames=self.columns).writerow(self._cells(row))
         if self._tb is not None:
-            step = int(row["step"])
-            for name in ("loss", "grad_norm", "lr", "utterances_per_s", "val_loss", "val_cer", "val_wer"):
-                v = row.get(name)
-                if v is not None:
-                    tag = f"validation/{name[4:]}" if name.startswith("val_") else f"train/{name}"
-                    self._tb.add_scalar(tag, float(v), step)
-            self._tb.flush()
+            self._add_scalars(row)
+
+    def _add_scalars(self, row: dict[str, Any]) -> None:
+        step = int(row["step"])
+        names = ["loss", "grad_norm", "lr", "utterances_per_s", "val_loss", "val_cer", "val_wer"]
+        names += [c for c in row if c not in COLUMNS]
+        for name in names:
+            v = row.get(name)
+            if v is not None:
+                if name.startswith("val_"):
+                    tag = f"validation/{name[4:]}"
+                else:
+                    tag = name if name.startswith("train/") else f"train/{name}"
+                self._tb.add_scalar(tag, float(v), step)
+        self._tb.flush()
 
     def close(self) -> None:
         """Flush and close TensorBoard (the CSV is written row by row)."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+class LogWindow:
+    """The steps since the last training row: their losses, gradient norms and utterances,
+    and the weighted sums of a loss function's statistics (:class:`fctc.train.WeightedMean`).
+
+    The values stay tensors until a row is made (no host synchronisation per step).
+    :meth:`to_dict` / :meth:`from_dict` carry a partly filled window through a checkpoint, so
+    a resumed run's next row averages the same steps an uninterrupted run's does.
+
+    Args:
+        losses: the losses of the steps so far.
+        norms: their gradient norms.
+        utterances: the utterances they trained on.
+        stats: the statistics' ``{key: [weighted sum, summed weight]}`` so far.
+    """
+
+    def __init__(self, losses: list[Any] | None = None, norms: list[Any] | None = None,
+                 utterances: int = 0, stats: dict[str, list[float]] | None = None):
+        self.losses = list(losses or [])
+        self.norms = list(norms or [])
+        self.utterances = int(utterances)
+        self.stats = WeightedMean()
+        for k, (total, weight) in (stats or {}).items():
+            self.stats.sums[k] = torch.tensor(total, dtype=torch.float32)
+            self.stats.weights[k] = torch.tensor(weight, dtype=torch.float32)
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, grad_norm: torch.Tensor, utterances: int) -> None:
+        """Record one step.
+
+        Args:
+            loss: its loss (a scalar tensor).
+            grad_norm: its gradient norm.
+            utterances: the utterances of its batch.
+        """
+        self.losses.append(loss.detach())
+        self.norms.append(grad_norm.detach())
+        self.utterances += int(utterances)
+
+    def add_stats(self, metrics: dict[str, Any]) -> None:
+        """Record one step's statistics (``stats/<key>`` with ``weight``; none: nothing).
+
+        Args:
+            metrics: the step's metrics.
+        """
+        self.stats.add_metrics(metrics)
+
+    def __len__(self) -> int:
+        return len(self.losses)
+
+    @staticmethod
+    def _stack(values: list[Any]) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(v, dtype=torch.float32).cpu() for v in values])
+
+    def row(self) -> dict[str, Any]:
+        """The training-row values of the window, and a fresh start.
+
+        Returns:
+            ``loss`` (the mean of the finite losses; NaN when none is), ``grad_norm`` (the
+            mean of the non-NaN norms), ``utterances_per_s`` (since the window started,
+            or since :meth:`restart`), and the statistics' columns (:func:`stat_columns`).
+        """
+        losses = self._stack(self.losses)
+        finite = torch.isfinite(losses)
+        now = time.perf_counter()
+        row = {
+            "loss": float(losses[finite].mean()) if finite.any() else float("nan"),
+            "grad_norm": float(self._stack(self.norms).nanmean()),
+            "utterances_per_s": self.utterances / max(now - self.started, 1e-9),
+        }
+        if self.stats:
+            row.update(stat_columns(self.stats.means(), self.stats.total_weight(), validation=False))
+        self.losses, self.norms, self.utterances, self.started = [], [], 0, now
+        self.stats = WeightedMean()
+        return row
+
+    def restart(self) -> None:
+        """Start the throughput clock again (after a validation pass, which is not training)."""
+        self.started = time.perf_counter()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The window as JSON values, for a checkpoint's metadata.
+
+        Returns:
+            ``{"losses", "grad_norms", "utterances", "stats"}`` (float32 values as exact floats).
+        """
+        stats = {k: [float(self.stats.sums[k]), float(self.stats.weights[k])] for k in self.stats.sums}
+        return {"losses": [float(x) for x in self.losses],
+                "grad_norms": [float(x) for x in self.norms], "utterances": self.utterances,
+                "stats": stats}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> "LogWindow":
+        """The window :meth:`to_dict` saved (an empty one for None, as older checkpoints have).
+
+        Args:
+            values: what :meth:`to_dict` returned, or None.
+
+        Returns:
+            The window.
+        """
+        values = values or {}
+        return cls(values.get("losses"), values.get("grad_norms"), values.get("utterances", 0),
+                   values.get("stats"))
 
 
 def plot_curves(rows: list[dict[str, Any]], path: str | os.PathLike) -> Path:

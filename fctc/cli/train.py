@@ -5,13 +5,19 @@ rest is bookkeeping that makes a run pleasant and exactly resumable:
 
 * the data order is a function of ``(seed, epoch)`` (:func:`fctc.data.bucket_batches`), and the
   position is ``(epoch, batch)``; randomness inside the step comes from the train state's key
-  folded with the step number; so a run resumed from ``last/`` replays exactly what a straight
-  run would have done, bit for bit;
+  folded with the step number; the steps since the last ``metrics.csv`` row travel in the
+  checkpoint too; so a run resumed from ``last/`` replays exactly what a straight run would
+  have done, bit for bit, metrics included;
+* the run lasts ``training.max_steps`` steps, or else ``training.epochs`` whole epochs (their
+  plans' batches, which are counted up front for the schedule);
 * ``metrics.csv`` (and TensorBoard when installed), validation CER/WER every ``eval_every``
   steps, ``best/`` (lowest validation CER) and ``last/`` checkpoints, ``curves.png`` and the
   test-split result ``test_results.json`` at the end;
 * Ctrl-C finishes the current step, saves ``last/`` and exits with status 130; ``--resume``
-  continues from there. A second Ctrl-C aborts at once.
+  continues from there. A second Ctrl-C aborts at once (not under ``torchrun``, whose agent
+  forwards the first one: there every process stops after the same step);
+* under ``torchrun`` every process trains on its shard of each batch
+  (:mod:`fctc.cli.parallel`) and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -28,12 +34,12 @@ from typing import Any
 import torch
 
 from .. import checkpoint as _ckpt
-from .. import data as _data
+from .. import distributed as _dist
 from .. import optim
 from .. import random as _random
 from .. import tree as _tree
 from ..text import Vocabulary
-from ..train import check_nonfinite, make_eval_step, make_train_step
+from ..train import check_nonfinite, ctc_loss_fn, make_train_step
 from .checkpoints import (
     TRAIN_STATE_FILE,
     load_checkpoint_model,
@@ -42,17 +48,13 @@ from .checkpoints import (
 )
 from .config import ConfigError, dump_config
 from .decoding import write_decoding_files
-from .evaluate import evaluate_dataset
-from .logs import MetricsLog, plot_curves
+from .evaluate import Scorer, evaluate_dataset
+from .logs import LogWindow, MetricsLog, plot_curves, stat_columns
+from .parallel import DataParallel, World
 from .progress import Progress
-from .recipe import (
-    build_front_end,
-    build_model,
-    build_optimizer,
-    build_vocabulary,
-    output_frames,
-    total_updates,
-)
+from .schedule_feed import ScheduleFeed
+from .recipe import build_model, build_optimizer, total_updates
+from .training_data import TrainingData, nothing_usable
 
 __all__ = ["Trainer", "resolve_device", "default_out_dir", "INTERRUPTED_EXIT"]
 
@@ -60,31 +62,36 @@ INTERRUPTED_EXIT = 130
 """Exit status of a run stopped by Ctrl-C (after saving ``last/``), as shells report SIGINT."""
 
 
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` (or ``cuda:N``) or ``auto`` (cuda when available) as a torch device."""
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``cpu``, ``cuda`` (or ``cuda:N``) or ``auto`` (cuda when available) as a torch device.
+
+    Args:
+        name: the device's name.
+        local_rank: this process's rank on its machine under ``torchrun``: plain ``cuda``
+            (and ``auto``) then means its own GPU.
+
+    Returns:
+        The device.
+
+    Raises:
+        ConfigError: an unknown name, or CUDA asked for and not available.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu" or name.startswith("cuda"):
         if name.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {name!r} was asked for but CUDA is not available; use cpu or auto")
-        return torch.device(name)
+        return torch.device(f"cuda:{local_rank}" if name == "cuda" and local_rank else name)
     raise ConfigError(f"device must be cpu, cuda or auto, got {name!r}")
 
 
 def default_out_dir() -> Path:
-    """``./runs/<YYYYmmdd-HHMMSS>``: a fresh folder per run, sorted by start time."""
+    """``./runs/<YYYYmmdd-HHMMSS>``: a fresh folder per run, sorted by start time.
+
+    Returns:
+        The folder's path (not created).
+    """
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
-def _manifest(value: Any, split: str) -> Path | None:
-    if value is None:
-        return None
-    if value == "bundled":
-        return Path(_data.bundled_manifests()[split])
-    path = Path(value)
-    if not path.is_file():
-        raise ConfigError(f"data.{split}: manifest {path} does not exist")
-    return path
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -97,68 +104,88 @@ class Trainer:
     """One training run: built from a configuration (or a checkpoint to resume), run by :meth:`run`.
 
     Args:
-      config: the merged configuration (:func:`fctc.cli.config.load_config`).
-      out_dir: the run folder (metrics, checkpoints, plot, results).
-      device: the torch device to train on.
-      resume: a resumable checkpoint folder (``last/``) to continue from, or None.
-      log: where progress messages go (the bar itself writes to stderr).
+        config: the merged, validated configuration (:func:`fctc.cli.config.load_config`).
+        out_dir: the run folder (metrics, checkpoints, plot, results).
+        device: the torch device to train on.
+        resume: a resumable checkpoint folder (``last/``) to continue from, or None.
+        log: where progress messages go (the bar itself writes to stderr).
+        progress: show the progress bar.
+        world: this process's place under ``torchrun`` (default: alone).
+        loss_fn: ``loss_fn(model, vocabulary, train) -> loss function`` (the contract of
+            :func:`fctc.train.make_train_step`) for a model in training (True) or evaluation
+            (False) mode; None: the CTC loss. The statistics it reports are logged
+            (``train/<key>``, ``val_<key>``) and may be a plateau's ``schedule.monitor``.
+
+    Raises:
+        ConfigError: a manifest that does not exist, or a model the config cannot build.
+        RunError: a split with no usable utterance.
     """
 
     def __init__(self, config: dict[str, Any], out_dir: Path, device: torch.device,
-                 resume: Path | None = None, log=print, progress: bool = True):
+                 resume: Path | None = None, log=print, progress: bool = True,
+                 world: World | None = None, loss_fn=None):
         self.config = config
         self.out_dir = Path(out_dir)
         self.device = device
         self.log = log
-        self.show_progress = progress
+        self.world = world or World()
+        self.writes = self.world.rank == 0
+        self.show_progress = progress and self.writes
         self.interrupted = False
+        self._stop_requested = False
         self._sigint_count = 0
-        data_cfg = config["data"]
-        train_cfg = config["training"]
-        self.sample_rate = int(data_cfg["sample_rate"])
-
-        resume_meta = None
+        meta = None
         if resume is not None:
-            resume_meta = _ckpt.read_metadata(resume / TRAIN_STATE_FILE)["metadata"]
+            meta = _ckpt.read_metadata(resume / TRAIN_STATE_FILE)["metadata"]
+        vocabulary = Vocabulary.from_dict(meta["vocabulary"]) if meta is not None else None
+        self.data = TrainingData(config, vocabulary)
+        self.vocabulary, self.sample_rate = self.data.vocabulary, self.data.sample_rate
+        self.loss_fn = loss_fn
+        self.feed = ScheduleFeed(config["schedule"], self.data.val_set is not None, stats=loss_fn is not None)
+        self._build_steps()
+        history = self._init_state(resume)
+        if self.cache_features:
+            self.data.cache_features(config["model"], self.state.model_state["audio_transform"])
+        self.metrics = self._open_outputs(history, resume is None) if self.writes else None
 
-        # Data: manifests, vocabulary, datasets, batches per epoch.
-        limit = data_cfg["limit"]
-        self.train_utts = self._read(_manifest(data_cfg["train"], "train"), limit)
-        if resume_meta is not None:
-            self.vocabulary = Vocabulary.from_dict(resume_meta["vocabulary"])
-        else:
-            self.vocabulary = build_vocabulary(config, [u.text for u in self.train_utts])
-        self.max_labels = output_frames(config["model"])
-        self.train_set = self._dataset(self.train_utts)
-        val_path = _manifest(data_cfg["validation"], "validation")
-        self.val_set = self._dataset(self._read(val_path, limit)) if val_path else None
-        self.test_path = _manifest(data_cfg["test"], "test")
-        self.batches_per_epoch = len(self._epoch_batches(0))
-        if self.batches_per_epoch == 0:
-            raise ConfigError("the training split yields no batches; check data.train and data.limit")
-
-        self.total_steps = train_cfg["max_steps"] or train_cfg["epochs"] * self.batches_per_epoch
-        if not isinstance(self.total_steps, int) or self.total_steps < 1:
-            raise ConfigError(f"training.max_steps must be a positive int, got {self.total_steps!r}")
+    def _build_steps(self) -> None:
+        """The run's length, model, optimiser and step functions."""
+        config, train_cfg = self.config, self.config["training"]
+        epochs, max_steps = train_cfg["epochs"], train_cfg["max_steps"]
+        self.epochs = None if max_steps else int(epochs)
+        self.total_steps = max_steps or self.data.planned_steps(int(epochs))
         accumulate = train_cfg["accumulate_batches"]
-
-        # Model, optimiser, step functions.
-        self.cache_features = bool(data_cfg["cache_features"])
+        self.cache_features = bool(config["data"]["cache_features"])
         self.model = build_model(config["model"], self.vocabulary)
         train_model = build_model(config["model"], self.vocabulary, self.cache_features)
-        tx, self.schedule = build_optimizer(config, total_updates(self.total_steps, accumulate))
+        run_epochs = self.epochs or math.ceil(self.total_steps / len(self.data.plan(0)))
+        tx, self.schedule = build_optimizer(config, total_updates(self.total_steps, accumulate), run_epochs)
+        self.parallel = DataParallel(self.world, self.device) if self.world.size > 1 else None
+        loss_fn = None if self.loss_fn is None else self.loss_fn(train_model, self.vocabulary, True)
+        if self.parallel is not None:
+            tx = self.parallel.transformation(tx)
+            loss_fn = self.parallel.loss_fn(loss_fn or ctc_loss_fn(train_model, self.vocabulary.blank_idx))
         self.step_fn = make_train_step(
-            train_model, tx, blank=self.vocabulary.blank_idx, precision=train_cfg["precision"],
+            train_model, tx, loss_fn, blank=self.vocabulary.blank_idx,
+            precision=train_cfg["precision"],
             jit=bool(train_cfg["jit"]), donate=bool(train_cfg["donate"]),
         )
-        self.eval_step = make_eval_step(
-            self.model, self.vocabulary, precision=train_cfg["precision"], jit=bool(train_cfg["jit"])
-        )
-        state = self.step_fn.init_state(_random.key(int(config["seed"])), device=device)
+        self.eval_step = self._scorer(self.model, self.vocabulary, bool(train_cfg["jit"]))
+
+    def _scorer(self, model, vocabulary: Vocabulary, jit: bool = False) -> Scorer:
+        """The :class:`Scorer` of ``model``, with the evaluation-mode twin of a custom loss."""
+        loss = None if self.loss_fn is None else self.loss_fn(model, vocabulary, False)
+        return Scorer(model, vocabulary, precision=self.config["training"]["precision"], jit=jit,
+                      loss_fn=loss)
+
+    def _init_state(self, resume: Path | None) -> list[dict[str, Any]]:
+        """The train state and position, fresh or from ``resume``; returns the metrics history."""
+        state = self.step_fn.init_state(_random.key(int(self.config["seed"])), device=self.device)
         self.epoch, self.batch_index = 0, 0
         self.best_cer = math.inf
         self.elapsed = 0.0
         history: list[dict[str, Any]] = []
+        meta: dict[str, Any] = {}
         if resume is not None:
             state, meta = _ckpt.load_train_state(resume / TRAIN_STATE_FILE, state, require_finite=True)
             self.epoch, self.batch_index = int(meta["epoch"]), int(meta["batch"])
@@ -166,54 +193,24 @@ class Trainer:
             self.best_cer = math.inf if best is None else float(best)
             self.elapsed = float(meta.get("elapsed_s", 0.0))
             history = list(meta.get("history", []))
+        if self.parallel is not None:
+            state = _dist.broadcast_tree(state)
         self.state = state
-        self.cache = None
-        if self.cache_features:
-            front_state = _tree.map(lambda x: x.cpu(), state.model_state["audio_transform"])
-            self.cache = _data.FeatureCache(self.train_set, build_front_end(config["model"]), front_state)
+        self.step = int(state.step)
+        self.window = LogWindow.from_dict(meta.get("window"))
+        self.validated_step = int(meta.get("validated_step", self.step))
+        self._last_val: dict[str, Any] | None = None
+        return history
+
+    def _open_outputs(self, history: list[dict[str, Any]], fresh: bool) -> MetricsLog:
+        """The run folder's config, lexicon, LM and metrics log (rank 0). A resumed run's
+        ``config.yaml`` is rewritten with its next checkpoint, so the two always agree."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(config, self.out_dir / "config.yaml")
-        write_decoding_files(self.out_dir, [u.text for u in self.train_utts], self.vocabulary, config)
-        self.metrics = MetricsLog(self.out_dir, history)
-
-    # -- data ----------------------------------------------------------------------------
-
-    @staticmethod
-    def _read(path: Path, limit: int | None):
-        utts = _data.read_manifest(path)
-        if limit is not None:
-            utts = utts[: int(limit)]
-        if not utts:
-            raise ConfigError(f"manifest {path} holds no utterances")
-        return utts
-
-    def _dataset(self, utterances):
-        return _data.SpeechDataset(
-            utterances, self.vocabulary, sample_rate=self.sample_rate,
-            on_error=self.config["data"]["on_error"], max_labels=self.max_labels,
-        )
-
-    def _batching(self) -> dict[str, Any]:
-        d = self.config["data"]
-        return {"batch_size": d["batch_size"], "max_batch_seconds": d["max_batch_seconds"]}
-
-    def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        return _data.bucket_batches(
-            self.train_set.durations, shuffle=True, seed=int(self.config["seed"]), epoch=epoch, **self._batching()
-        )
-
-    def _batches(self, epoch: int, start: int):
-        """``(batch, position)`` pairs of an epoch's plan from batch ``start`` on."""
-        plan = self._epoch_batches(epoch)
-        if self.cache is not None:
-            yield from self.cache.iterate(plan, start)
-            return
-        loader = _data.make_loader(
-            self.train_set, plan, num_workers=int(self.config["data"]["num_workers"]),
-            start_batch=start,
-        )
-        for batch in loader:
-            yield batch, loader.position
+        if fresh:
+            dump_config(self.config, self.out_dir / "config.yaml")
+        write_decoding_files(self.out_dir, [u.text for u in self.data.train_utts], self.vocabulary,
+                             self.config)
+        return MetricsLog(self.out_dir, history)
 
     # -- checkpoints ---------------------------------------------------------------------
 
@@ -226,9 +223,16 @@ class Trainer:
         }
 
     def save_last(self) -> Path:
-        """Save the resumable ``last/`` checkpoint: train state, data position, history."""
+        """Save the resumable ``last/`` checkpoint: train state, data position, history.
+
+        Returns:
+            The checkpoint folder.
+
+        Raises:
+            RunError: it could not be written (the previous one is then intact).
+        """
         epoch, batch = self.epoch, self.batch_index
-        if batch >= self.batches_per_epoch:
+        if batch >= len(self.data.plan(epoch)):
             epoch, batch = epoch + 1, 0
         meta = {
             **self._model_metadata(),
@@ -237,14 +241,22 @@ class Trainer:
             "best_cer": None if math.isinf(self.best_cer) else self.best_cer,
             "elapsed_s": self.elapsed,
             "history": self.metrics.rows,
+            "window": self.window.to_dict(),
+            "validated_step": self.validated_step,
         }
-        return save_checkpoint_dir(
+        path = save_checkpoint_dir(
             self.out_dir / "last", self.state.params, self.state.model_state,
             self._model_metadata(), self.state, meta,
         )
+        dump_config(self.config, self.out_dir / "config.yaml")  # what the checkpoint holds
+        return path
 
     def save_best(self) -> Path:
-        """Save the model alone to ``best/`` (the lowest validation CER so far)."""
+        """Save the model alone to ``best/`` (the lowest validation CER so far).
+
+        Returns:
+            The checkpoint folder.
+        """
         return save_checkpoint_dir(
             self.out_dir / "best", self.state.params, self.state.model_state, self._model_metadata()
         )
@@ -252,110 +264,211 @@ class Trainer:
     # -- Ctrl-C --------------------------------------------------------------------------
 
     def _on_sigint(self, signum, frame) -> None:
-        """First Ctrl-C: stop after this step and save; second: abort at once."""
+        """First Ctrl-C: stop after this step and save; second (alone): abort at once."""
         self._sigint_count += 1
-        if self._sigint_count > 1:
+        if self._sigint_count > 1 and self.parallel is None:
             raise KeyboardInterrupt
-        self.interrupted = True
-        print("\ninterrupted: saving last/ after this step (Ctrl-C again to abort)",
-              file=sys.stderr, flush=True)
+        if self._sigint_count == 1 and self.writes:
+            print("\ninterrupted: saving last/ after this step (Ctrl-C again to abort)",
+                  file=sys.stderr, flush=True)
+        self._stop_requested = True
+        if self.parallel is None:
+            self.interrupted = True
 
     # -- the loop ------------------------------------------------------------------------
 
     def validate(self) -> dict[str, float] | None:
-        """Loss, CER and WER on the validation split (None when there is none)."""
-        if self.val_set is None:
+        """Loss, CER and WER on the validation split.
+
+        Returns:
+            ``{"val_loss", "val_cer", "val_wer"}``, or None without a validation split.
+
+        Raises:
+            RunError: no validation utterance could be decoded.
+        """
+        if self.data.val_set is None:
             return None
         result = evaluate_dataset(
-            self.eval_step, self.state.params, self.state.model_state, self.val_set,
-            self.device, **self._batching(),
+            self.eval_step, self.state.params, self.state.model_state, self.data.val_set,
+            self.device, **self.data.batching(),
         )
-        return {"val_loss": result["loss"], "val_cer": result["cer"], "val_wer": result["wer"]}
+        if not result["n"]:
+            raise nothing_usable("validation", self.data.val_path, self.data.val_set)
+        val = {"val_loss": result["loss"], "val_cer": result["cer"], "val_wer": result["wer"]}
+        if "stats" in result:
+            val.update(stat_columns(result["stats"], result["weight"], validation=True))
+        return val
 
     def _lr(self) -> float:
-        """The learning rate of the last update, as the optimiser state holds it."""
-        return float(optim.find_hyperparams(self.state.opt_state)["learning_rate"])
+        """The learning rate of the last update, as the optimiser state holds it (times the
+        plateau's scale, when the schedule has one)."""
+        lr = optim.find_hyperparams(self.state.opt_state)["learning_rate"]
+        scale = optim.plateau_scale(self.state.opt_state)
+        return float(lr if scale is None else lr * scale)
+
+    def _done(self) -> bool:
+        if self.epochs is None:
+            return self.step >= self.total_steps
+        return self.epoch >= self.epochs
 
     def run(self) -> bool:
-        """Train until ``total_steps`` (or Ctrl-C). Returns True when the run is complete."""
-        cfg = self.config["training"]
-        log_every, eval_every = int(cfg["log_every"]), int(cfg["eval_every"])
-        ckpt_every, max_bad = int(cfg["checkpoint_every"]), int(cfg["max_nonfinite"])
-        step = int(self.state.step)
-        if step == 0:
-            n = _tree.size(self.state.params)
-            self.log(
-                f"training {self.config['model']['name']} ({n:,} parameters) on "
-                f"{len(self.train_set)} utterances, {self.batches_per_epoch} batches per epoch, "
-                f"{self.total_steps} steps, device {self.device}; output in {self.out_dir}"
-            )
-        else:
-            self.log(f"resuming at step {step} (epoch {self.epoch}, batch {self.batch_index}); "
-                     f"output in {self.out_dir}")
+        """Train until the run's end (or Ctrl-C).
+
+        Returns:
+            True when the run is complete, False when it was interrupted (``last/`` saved).
+        """
+        self._announce()
         previous = signal.signal(signal.SIGINT, self._on_sigint)
-        bar = Progress(self.total_steps, step, enabled=self.show_progress)
-        window_losses, window_norms, window_utts = [], [], 0
-        t_window = time.perf_counter()
-        t_run = time.perf_counter()
-        elapsed0 = self.elapsed
+        self.bar = Progress(self.total_steps, self.step, enabled=self.show_progress)
+        self._t_run, self._elapsed0 = time.perf_counter(), self.elapsed
+        self.window.restart()
         try:
-            while step < self.total_steps and not self.interrupted:
-                for batch, position in self._batches(self.epoch, self.batch_index):
-                    self.state, m = self.step_fn(self.state, _to_device(batch, self.device))
-                    step += 1
-                    self.batch_index = position
-                    window_losses.append(m["loss"].detach())
-                    window_norms.append(m["grad_norm"].detach())
-                    window_utts += int(batch.audio.shape[0])
-                    self.elapsed = elapsed0 + time.perf_counter() - t_run
-                    if step % log_every == 0 or step == self.total_steps:
-                        check_nonfinite(self.state, max_bad)
-                        now = time.perf_counter()
-                        losses = torch.stack(window_losses).float()
-                        finite = torch.isfinite(losses)
-                        row = {
-                            "step": step, "epoch": self.epoch, "kind": "train",
-                            "elapsed_s": round(self.elapsed, 3),
-                            "loss": float(losses[finite].mean()) if finite.any() else float("nan"),
-                            "grad_norm": float(torch.stack(window_norms).float().nanmean()),
-                            "lr": self._lr(),
-                            "utterances_per_s": window_utts / max(now - t_window, 1e-9),
-                            "nonfinite": int(self.state.nonfinite_total),
-                        }
-                        self.metrics.append(row)
-                        bar.postfix(loss=row["loss"], lr=row["lr"], utt_s=row["utterances_per_s"])
-                        window_losses, window_norms, window_utts = [], [], 0
-                        t_window = now
-                    bar.update(step)
-                    final = step == self.total_steps
-                    if step % eval_every == 0 or final:
-                        self._validate_and_save(step)
-                        t_window = time.perf_counter()
-                    elif step % ckpt_every == 0:
-                        self.save_last()
-                    if self.interrupted or final:
-                        break
-                else:
-                    self.epoch += 1
-                    self.batch_index = 0
+            while not self._done() and not self.interrupted:
+                self._train_epoch()
             if self.interrupted:
-                self.elapsed = elapsed0 + time.perf_counter() - t_run
-                path = self.save_last()
-                bar.close()
-                self.log(f"stopped at step {step}; saved {path}. Continue with: "
+                path = self.save_last() if self.writes else None
+                self.bar.close()
+                self.log(f"stopped at step {self.step}; saved {path}. Continue with: "
                          f"fctc train --resume {self.out_dir}")
                 return False
+            self._complete()
         finally:
-            bar.close()
+            self.bar.close()
             signal.signal(signal.SIGINT, previous)
         return True
 
-    def _validate_and_save(self, step: int) -> None:
-        val = self.validate()
+    def _announce(self) -> None:
+        where = f"output in {self.out_dir}"
+        if self.world.size > 1:
+            where += f"; {self.world.size} processes"
+        if self.step == 0:
+            n = _tree.size(self.state.params)
+            self.log(
+                f"training {self.config['model']['name']} ({n:,} parameters) on "
+                f"{len(self.data.train_set)} utterances, {len(self.data.plan(0))} batches per "
+                f"epoch, {self.total_steps} steps, device {self.device}; {where}"
+            )
+        else:
+            self.log(f"resuming at step {self.step} (epoch {self.epoch}, batch "
+                     f"{self.batch_index}); {where}")
+
+    def _train_epoch(self) -> None:
+        """Train on the rest of the current epoch (until the run's end or Ctrl-C).
+
+        Raises:
+            RunError: no batch of the epoch could be loaded (nothing left to train on).
+        """
+        trained = False
+        self.state = self.feed.epoch_started(self.step_fn, self.state, self.epoch)
+        for batch, position in self.data.batches(self.epoch, self.batch_index):
+            self._train_step(batch)
+            trained = True
+            self.batch_index = position
+            self._after_step()
+            if self.batch_index >= len(self.data.plan(self.epoch)):
+                self._end_of_epoch()
+            if self.interrupted or (self.epochs is None and self._done()):
+                return
+        if not trained and self.batch_index == 0:
+            raise self.data.no_batches_error()
+        self.epoch += 1
+        self.batch_index = 0
+
+    def _train_step(self, batch: Any) -> None:
+        """One step on a global batch (this process's shard of it under torchrun)."""
+        utterances = int(batch.audio.shape[0])
+        if self.parallel is None:
+            self.state, m = self.step_fn(self.state, _to_device(batch, self.device))
+        else:
+            sharded, weight = self.parallel.shard(batch)
+            self.state, m = self.step_fn(self.state, _to_device(sharded, self.device))
+            model_state, m, self.interrupted = self.parallel.sync(
+                self.state.model_state, m, weight, self._stop_requested)
+            self.state = self.state._replace(model_state=model_state)
+        self.step += 1
+        self.window.add(m["loss"], m["grad_norm"], utterances)
+        self.window.add_stats(m)
+        self.elapsed = self._elapsed0 + time.perf_counter() - self._t_run
+
+    def _last_step(self) -> bool:
+        """Whether the step just taken ends the run."""
+        if self.epochs is None:
+            return self.step >= self.total_steps
+        return self.epoch == self.epochs - 1 and self.batch_index >= len(self.data.plan(self.epoch))
+
+    def _after_step(self) -> None:
+        """Log, validate and save as the step count says (the last step does all three)."""
+        cfg = self.config["training"]
+        last = self._last_step()
+        if self.step % int(cfg["log_every"]) == 0 or last:
+            self._log_row()
+        self.bar.update(self.step)
+        if self.step % int(cfg["eval_every"]) == 0 or last:
+            self._validate_and_save()
+        elif self.step % int(cfg["checkpoint_every"]) == 0 and self.writes:
+            self.save_last()
+
+    def _complete(self) -> None:
+        """The run's last row and validation, unless its last step already had them (it has
+        not when the run was interrupted right after it, or when the last batches of an epoch
+        run could not be loaded)."""
+        if len(self.window):
+            self._log_row()
+        if self.validated_step != self.step:
+            self._validate_and_save()
+
+    def _row_epoch(self) -> int:
+        """The epoch of the last step's batch (the position may already be the next epoch's)."""
+        return self.epoch if self.batch_index > 0 or self.step == 0 else self.epoch - 1
+
+    def _log_row(self) -> None:
+        check_nonfinite(self.state, int(self.config["training"]["max_nonfinite"]))
+        values = self.window.row()
+        row = {
+            "step": self.step, "epoch": self._row_epoch(), "kind": "train",
+            "elapsed_s": round(self.elapsed, 3),
+            "loss": values["loss"],
+            "grad_norm": values["grad_norm"],
+            "lr": self._lr(),
+            "utterances_per_s": values["utterances_per_s"],
+            "nonfinite": int(self.state.nonfinite_total),
+        }
+        row.update({k: v for k, v in values.items() if k.startswith("train/") or k == "weight"})
+        if self.metrics is not None:
+            self.metrics.append(row)
+        self.bar.postfix(loss=row["loss"], lr=row["lr"], utt_s=row["utterances_per_s"])
+
+    def _end_of_epoch(self) -> None:
+        """With a plateau counting epochs: validate (unless this step just did), report the
+        monitor, and save ``last/`` so that a resumed run holds the report."""
+        if not self.feed.validates_at_epoch_end:
+            return
+        if self.validated_step != self.step:
+            self._validate_and_save()
+        self._report(self._last_val, at_epoch_end=True)
+        if self.writes:
+            self.save_last()
+
+    def _report(self, val: dict[str, Any] | None, at_epoch_end: bool) -> None:
+        """Report the validation's monitored metric to the optimiser when it counts
+        (rank 0 validates; under torchrun every rank gets its value)."""
+        if not self.feed.reports(at_epoch_end):
+            return
+        if self.parallel is not None:
+            val = self.parallel.broadcast_metrics(val, [self.feed.monitor])
+        self.state = self.feed.validated(self.step_fn, self.state, val, at_epoch_end)
+
+    def _validate_and_save(self) -> None:
+        self.validated_step = self.step
+        val = self._last_val = self.validate() if self.writes else None
+        self._report(val, at_epoch_end=False)
+        if not self.writes:
+            return
         if val is not None:
-            self.metrics.append({"step": step, "epoch": self.epoch, "kind": "validation",
+            self.metrics.append({"step": self.step, "epoch": self._row_epoch(), "kind": "validation",
                                  "elapsed_s": round(self.elapsed, 3), **val})
-            self.log(f"step {step}: validation loss {val['val_loss']:.4f}, "
+            loss = "none finite" if val["val_loss"] is None else f"{val['val_loss']:.4f}"
+            self.log(f"step {self.step}: validation loss {loss}, "
                      f"CER {100 * val['val_cer']:.2f}%, WER {100 * val['val_wer']:.2f}%")
             if val["val_cer"] < self.best_cer:
                 self.best_cer = val["val_cer"]
@@ -363,27 +476,36 @@ class Trainer:
         else:
             self.save_best()
         self.save_last()
+        self.window.restart()
 
     def finish(self) -> dict[str, Any] | None:
-        """Plot the curves and evaluate the best checkpoint on the test split (saved as JSON)."""
+        """Plot the curves and evaluate the best checkpoint on the test split (saved as JSON).
+
+        Returns:
+            The test result, overall and per voice group (``groups``, when the test manifest
+            names an ``engine``; see :func:`fctc.cli.evaluate.evaluate_dataset`), with ``n`` 0
+            and null scores when no test utterance could be decoded; or None without a test
+            split or on a rank other than 0.
+        """
+        if not self.writes:
+            return None
         self.metrics.close()
         plot = plot_curves(self.metrics.rows, self.out_dir / "curves.png")
         self.log(f"curves: {plot}")
-        if self.test_path is None:
+        if self.data.test_path is None:
             return None
-        loaded = load_checkpoint_model(resolve_checkpoint(self.out_dir), self.device)
-        test_set = _data.SpeechDataset(
-            self._read(self.test_path, self.config["data"]["limit"]), loaded.vocabulary, sample_rate=self.sample_rate,
-            on_error=self.config["data"]["on_error"], max_labels=self.max_labels,
-        )
-        eval_step = make_eval_step(loaded.model, loaded.vocabulary,
-                                   precision=self.config["training"]["precision"])
+        checkpoint = resolve_checkpoint(self.out_dir)
+        loaded = load_checkpoint_model(checkpoint, self.device)
+        test_set = self.data.dataset(self.data.read(self.data.test_path), loaded.vocabulary)
+        scorer = self._scorer(loaded.model, loaded.vocabulary)
         result = evaluate_dataset(
-            eval_step, loaded.params, loaded.state, test_set, self.device,
-            output=self.out_dir / "test_predictions.jsonl", **self._batching(),
+            scorer, loaded.params, loaded.state, test_set, self.device,
+            output=self.out_dir / "test_predictions.jsonl", **self.data.batching(),
         )
-        result = {"split": "test", "manifest": str(self.test_path),
-                  "checkpoint": str(resolve_checkpoint(self.out_dir)),
-                  "step": int(loaded.metadata.get("step", -1)), **result}
+        result = {"split": "test", "manifest": str(self.data.test_path),
+                  "checkpoint": str(checkpoint), "step": int(loaded.metadata.get("step", -1)),
+                  **result}
+        if not result["n"]:
+            result["error"] = str(nothing_usable("test", self.data.test_path, test_set))
         (self.out_dir / "test_results.json").write_text(json.dumps(result, indent=2) + "\n")
         return result

@@ -29,6 +29,7 @@ from .bucketing import bucket_batches as bucket_batches
 from .dataset import SKIP_REASONS as SKIP_REASONS
 from .dataset import DataError as DataError
 from .dataset import SpeechDataset as SpeechDataset
+from .dataset import skip_summary as skip_summary
 from .feature_cache import FeatureCache as FeatureCache
 from .frames import ctc_frames_needed as ctc_frames_needed
 from .frames import output_frames_fn as output_frames_fn

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import soundfile as sf
@@ -35,7 +35,7 @@ from .batch import Batch, Skipped, collate
 from .frames import ctc_frames_needed
 from .manifest import Utterance
 
-__all__ = ["SKIP_REASONS", "DataError", "SpeechDataset"]
+__all__ = ["SKIP_REASONS", "DataError", "SpeechDataset", "skip_summary"]
 
 SKIP_REASONS: dict[str, str] = {
     "missing_audio": "the audio file does not exist",
@@ -50,8 +50,45 @@ SKIP_REASONS: dict[str, str] = {
 _ON_ERROR = ("skip", "stop")
 
 
+def skip_summary(counts: Mapping[str, int]) -> str:
+    """Skip counts by reason, in words.
+
+    Args:
+        counts: reason -> count (``dataset.skipped``).
+
+    Returns:
+        ``"2 skipped: 1 corrupt_audio, 1 missing_audio"`` (reasons sorted), or
+        ``"none skipped"``.
+    """
+    total = sum(counts.values())
+    if not total:
+        return "none skipped"
+    return f"{total} skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(counts.items()) if n)
+
+
 class DataError(ValueError):
-    """A bad utterance under ``on_error="stop"``; the message names the manifest file and line."""
+    """A bad utterance under ``on_error="stop"``; the message names the manifest file and line.
+
+    Args:
+        where: the manifest line (``manifest:line``) or audio path at fault; or the whole
+            message alone (as torch's DataLoader re-raises an error from a worker process:
+            its last line is then the original message).
+        problem: what is wrong with it.
+
+    Attributes:
+        detail: ``"<where>: <problem>"``, without the advice on ``on_error``.
+    """
+
+    HINT = ". Fix or remove it, or pass on_error='skip'."
+
+    def __init__(self, where: str, problem: str | None = None):
+        if problem is None:
+            lines = [line for line in str(where).splitlines() if line.strip()] or [""]
+            detail = lines[-1].split("DataError: ", 1)[-1].removesuffix(self.HINT)
+        else:
+            detail = f"{where}: {problem}"
+        super().__init__(detail + self.HINT)
+        self.detail = detail
 
 
 class SpeechDataset(torch.utils.data.Dataset):
@@ -76,7 +113,8 @@ class SpeechDataset(torch.utils.data.Dataset):
             :func:`fctc.data.output_frames_fn`); utterances needing more CTC frames are
             ``too_short``. None checks nothing.
         check_audio: read every file's header up front (missing and unreadable files; the
-            exact duration used for ``too_short`` and :attr:`durations`).
+            exact duration used for ``too_short`` and :attr:`durations`). The headers of
+            utterances without a manifest ``duration`` are read either way.
 
     Raises:
         ValueError: ``on_error`` is neither ``"skip"`` nor ``"stop"``.
@@ -128,7 +166,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             reason, detail = verdict
             message = f"{utt.where}: {SKIP_REASONS[reason]}: {detail}"
             if on_error == "stop":
-                raise DataError(f"{message}. Fix or remove it, or pass on_error='skip'.")
+                raise DataError(utt.where, f"{SKIP_REASONS[reason]}: {detail}")
             self.skipped[reason] += 1
             examples.setdefault(reason, message)
         for reason, count in self.skipped.items():
@@ -148,7 +186,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         except ValueError as e:
             return ["out_of_vocabulary", str(e)]
         duration = utt.duration
-        if self.check_audio:
+        if self.check_audio or duration is None:
             path = utt.audio_filepath
             if not path.is_file():
                 return ["missing_audio", str(path)]
@@ -160,6 +198,8 @@ class SpeechDataset(torch.utils.data.Dataset):
                 return ["corrupt_audio", f"{path} contains no samples"]
             if utt.offset == 0.0:
                 duration = info.frames / info.samplerate
+            elif duration is None:  # the segment runs to the end of the file
+                duration = max(info.frames / info.samplerate - utt.offset, 0.0)
         if self.max_labels is not None:
             samples = int(round(duration * self.sample_rate))
             if not self._fits(target, samples):
@@ -203,7 +243,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         utt = self.utterances[index]
         message = f"{utt.where}: {SKIP_REASONS[reason]}: {detail}"
         if self.on_error == "stop":
-            raise DataError(f"{message}. Fix or remove it, or pass on_error='skip'.")
+            raise DataError(utt.where, f"{SKIP_REASONS[reason]}: {detail}")
         return Skipped(index, reason, message)
 
     def record_skipped(self, skipped: Iterable[Skipped]) -> None:
@@ -224,6 +264,14 @@ class SpeechDataset(torch.utils.data.Dataset):
                     "dataset.skipped",
                     stacklevel=3,
                 )
+
+    def skipped_summary(self) -> str:
+        """The skipped utterances so far, by reason, for messages (:func:`skip_summary`).
+
+        Returns:
+            ``"2 skipped: 1 corrupt_audio, 1 missing_audio"``, or ``"none skipped"``.
+        """
+        return skip_summary(self.skipped)
 
     def collate(self, items: Sequence[Any], pad_to_multiple: int | None = None) -> Batch:
         """:func:`fctc.data.collate` with this dataset's vocabulary's padding index.

@@ -2,16 +2,20 @@
 
 A line is ``{"audio_filepath": "clips/0001.flac", "duration": 1.52, "text": "turn on the
 lights"}``: ``audio_filepath`` absolute or relative to the manifest's directory, ``duration``
-in seconds, an optional ``offset`` (seconds) selecting a segment of a longer file. Other
-fields are ignored.
+in seconds (optional: without it, :class:`fctc.data.SpeechDataset` reads it from the file's
+header), an optional ``offset`` (seconds) selecting a segment of a longer file. Any other
+field (a corpus's ``engine``, ``voice``, ``speaker``, ...) is kept, unread, in the utterance's
+read-only :attr:`Utterance.fields`, e.g. to score a test set per voice group.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 __all__ = ["ManifestError", "Utterance", "read_manifest"]
@@ -21,25 +25,54 @@ class ManifestError(ValueError):
     """A manifest line that cannot be read; the message names the file and line."""
 
 
+_READ_FIELDS = ("audio_filepath", "duration", "text", "offset")  # the rest: Utterance.fields
+
+_NO_FIELDS: Mapping[str, Any] = MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class Utterance:
     """One manifest entry.
 
     Args:
         audio_filepath: the absolute path of the audio file.
-        duration: seconds of audio (of the segment, when ``offset`` is set).
+        duration: seconds of audio (of the segment, when ``offset`` is set); None when the
+            manifest does not say (the file's header does).
         text: the transcript.
         line: the 1-based manifest line it came from (0 when unknown), for error messages.
         manifest: the manifest's path, for error messages.
         offset: seconds into the file where the segment starts.
+        fields: the manifest line's other fields (all but ``audio_filepath``, ``duration``,
+            ``text`` and ``offset``, e.g. ``engine`` and ``voice``), in the line's order, as a
+            read-only mapping: a copy of the one given (its nested values are the JSON's
+            lists and dicts). They take part in ``==`` but not in the hash.
+
+    Raises:
+        TypeError: ``fields`` is not a mapping.
     """
 
     audio_filepath: Path
-    duration: float
+    duration: float | None
     text: str
     line: int = 0
     manifest: Path | None = None
     offset: float = 0.0
+    fields: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.fields, Mapping):
+            raise TypeError(
+                f"Utterance: fields must be a mapping of the manifest line's other fields, "
+                f"got {type(self.fields).__name__}"
+            )
+        fields = dict(self.fields)
+        object.__setattr__(self, "fields", MappingProxyType(fields) if fields else _NO_FIELDS)
+
+    def __reduce__(self) -> tuple:
+        """Pickle (for loader processes) with ``fields`` as a plain dict, read-only again on
+        loading: a ``MappingProxyType`` itself cannot be pickled."""
+        return (type(self), (self.audio_filepath, self.duration, self.text, self.line,
+                             self.manifest, self.offset, dict(self.fields)))
 
     @property
     def where(self) -> str:
@@ -68,7 +101,7 @@ def _seconds(value: Any, field: str, where: str) -> float:
 
 
 def _entry(line: str, where: str) -> dict:
-    """The JSON object on one manifest line, with its three required fields checked."""
+    """The JSON object on one manifest line, with its required fields checked."""
     try:
         entry = json.loads(line)
     except json.JSONDecodeError as e:
@@ -79,11 +112,11 @@ def _entry(line: str, where: str) -> dict:
         raise ManifestError(
             f"{where}: expected a JSON object, got {type(entry).__name__}: {line[:80]!r}"
         )
-    missing = [k for k in ("audio_filepath", "duration", "text") if k not in entry]
+    missing = [k for k in ("audio_filepath", "text") if k not in entry]
     if missing:
         raise ManifestError(
-            f"{where}: missing field(s) {missing}; every line needs "
-            "'audio_filepath', 'duration' and 'text'"
+            f"{where}: missing field(s) {missing}; every line needs 'audio_filepath' and "
+            "'text' ('duration' is optional)"
         )
     audio = entry["audio_filepath"]
     if not isinstance(audio, str) or not audio:
@@ -104,11 +137,13 @@ def read_manifest(path: str | Path) -> list[Utterance]:
 
     Args:
         path: the manifest. Each non-blank line must be a JSON object with ``audio_filepath``
-            (absolute, or relative to the manifest's directory), ``duration`` (seconds; a
-            number or a numeric string) and ``text`` (a string); ``offset`` is optional.
+            (absolute, or relative to the manifest's directory) and ``text`` (a string);
+            ``duration`` (seconds; a number or a numeric string; missing or null: read from
+            the file's header) and ``offset`` are optional; any other field is kept in
+            ``Utterance.fields``.
 
     Returns:
-        The utterances, with absolute audio paths and their manifest line.
+        The utterances, with absolute audio paths, their manifest line and other fields.
 
     Raises:
         FileNotFoundError: the manifest does not exist.
@@ -116,7 +151,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"read_manifest: manifest {str(path)!r} does not exist")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"manifest {path} {what}")
     base = path.absolute().parent
     out: list[Utterance] = []
     with open(path, encoding="utf-8") as f:
@@ -126,10 +162,13 @@ def read_manifest(path: str | Path) -> list[Utterance]:
                 continue
             where = f"{path}:{number}"
             entry = _entry(line, where)
-            duration = _seconds(entry["duration"], "duration", where)
+            duration = entry.get("duration")
+            duration = None if duration is None else _seconds(duration, "duration", where)
             offset = _seconds(entry.get("offset", 0.0) or 0.0, "offset", where)
             audio_path = Path(entry["audio_filepath"]).expanduser()
             if not audio_path.is_absolute():
                 audio_path = base / audio_path
-            out.append(Utterance(audio_path, duration, entry["text"], number, path, offset))
+            fields = {k: v for k, v in entry.items() if k not in _READ_FIELDS}
+            out.append(Utterance(audio_path, duration, entry["text"], number, path, offset,
+                                 fields))
     return out

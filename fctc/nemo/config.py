@@ -138,7 +138,8 @@ def front_end_config(preprocessor: Mapping[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``sample_rate``, ``n_window_size``, ``n_window_stride``, ``n_fft``, ``nfilt``,
-        ``dither`` and, when given, ``preemph``.
+        ``dither``, ``pad_mode="reflect"`` (the STFT padding of thunder-speech, whose
+        parity tests fctc's NeMo loading follows) and, when given, ``preemph``.
 
     Raises:
         ValueError: a setting fctc's filterbank does not implement (window, normalisation,
@@ -162,7 +163,7 @@ def front_end_config(preprocessor: Mapping[str, Any]) -> dict[str, Any]:
     n_fft = preprocessor.get("n_fft") or 2 ** (win - 1).bit_length()  # NeMo's default
     out = dict(
         sample_rate=sr, n_window_size=win, n_window_stride=hop, n_fft=n_fft, nfilt=nfilt,
-        dither=float(preprocessor.get("dither", 1e-5)),
+        dither=float(preprocessor.get("dither", 1e-5)), pad_mode="reflect",
     )
     if "preemph" in preprocessor and preprocessor["preemph"] is not None:
         out["preemph"] = float(preprocessor["preemph"])

@@ -78,6 +78,7 @@ def normalize_tensor(
     positions). Its output therefore depends on how much padding a row has (unless the mean
     is 0), though not on what the padding held. This function takes the variance over the
     valid positions only; the two agree (to rounding) when nothing is padded.
+    ``fctc.audio.normalise(..., stats="thunder")`` reproduces thunder's branch bit for bit.
 
     Args:
         input_values: a floating tensor, e.g. ``(B, C, T)`` features.

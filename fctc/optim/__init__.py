@@ -108,6 +108,7 @@ from .hyperparams import find_hyperparams as find_hyperparams
 
 from .plateau import ReduceLROnPlateauState as ReduceLROnPlateauState
 from .plateau import reduce_on_plateau as reduce_on_plateau
+from .plateau import plateau_scale as plateau_scale
 
 from .speechain import only_modules as only_modules
 from .speechain import speechain_optimizer as speechain_optimizer

@@ -6,6 +6,12 @@ The wrapped optimiser is rebuilt at every update from tensor hyperparameters hel
 does not recompile when they change. The wrapper forwards fusion: when the rebuilt optimiser is
 a :class:`~fctc.optim.FusedTransformation` (``adam``, ``adamw``), so is the wrapper, and a
 preceding clip's factor and :func:`~fctc.optim.update_and_apply` reach its kernel.
+
+Schedules count the wrapper's updates (optax's ``count``) unless ``schedule_input`` names an
+extra argument of ``update`` to count instead: ``schedule_input="epoch"`` gives epoch-interval
+schedules, fed by :func:`fctc.train.make_train_step` from the train state's epoch
+(``step.observe(state, epoch=e)``), so the learning rate changes at epoch boundaries whatever
+the number of updates per epoch and however many batches were skipped.
 """
 
 from __future__ import annotations
@@ -122,6 +128,8 @@ def inject_hyperparams(
     inner_factory: Callable[..., Any],
     static_args: str | Iterable[str] = (),
     hyperparam_dtype: torch.dtype | None = None,
+    *,
+    schedule_input: str | None = None,
 ) -> Callable[..., FusedTransformation]:
     """Wrap an optimiser factory so its numeric hyperparameters live in the optimiser state.
 
@@ -138,6 +146,10 @@ def inject_hyperparams(
       static_args: names of arguments passed as they are.
       hyperparam_dtype: the dtype of floating hyperparameters (default: the widest floating
         dtype of the parameters); they are put on the parameters' device.
+      schedule_input: None to evaluate schedules at the update count (optax), or the name of
+        an extra argument of ``update`` whose value (an integer tensor) they are evaluated at
+        instead, e.g. ``"epoch"``; ``init`` evaluates them at 0. An update without that
+        argument raises ``TypeError``.
 
     Returns:
       A function taking ``inner_factory``'s arguments and returning a
@@ -161,12 +173,25 @@ def inject_hyperparams(
     @functools.wraps(inner_factory)
     def wrapped(*args, **kwargs) -> FusedTransformation:
         split = _split_arguments(sig, static, integer_params, args, kwargs)
-        return _injected(inner_factory, split, hyperparam_dtype)
+        return _injected(inner_factory, split, hyperparam_dtype, schedule_input)
 
     return wrapped
 
 
-def _injected(inner_factory: Callable, split: _Split, hyperparam_dtype) -> FusedTransformation:
+def _schedule_count(state: InjectHyperparamsState, extra: dict, schedule_input: str | None):
+    """What the schedules are evaluated at: the update count, or the named extra argument."""
+    if schedule_input is None:
+        return state.count
+    if extra.get(schedule_input) is None:
+        raise TypeError(
+            f"inject_hyperparams: the schedules count {schedule_input!r}, so update needs "
+            f"{schedule_input}=...; fctc.train.make_train_step passes the train state's "
+            f"observations (state = step.observe(state, {schedule_input}=...))"
+        )
+    return torch.as_tensor(extra[schedule_input], device=state.count.device).to(torch.int32)
+
+
+def _injected(inner_factory: Callable, split: _Split, hyperparam_dtype, schedule_input) -> FusedTransformation:
     """The transformation built by :func:`inject_hyperparams` for one set of arguments."""
     # Whether the inner update takes **extra, decided once eagerly (inspect is not traceable).
     takes_extra: dict[str, bool] = {}
@@ -179,9 +204,10 @@ def _injected(inner_factory: Callable, split: _Split, hyperparam_dtype) -> Fused
             takes_extra["v"] = isinstance(tx, FusedTransformation) or _accepts_extra(tx.update)
         return tx, hps
 
-    def rebuilt(state, params, updates):
+    def rebuilt(state, params, updates, extra):
         dtype = hyperparam_dtype or float_dtype(params if params is not None else updates, highest=True)
-        return build(state.hyperparams, state.count, dtype, state.count.device)
+        count = _schedule_count(state, extra, schedule_input)
+        return build(state.hyperparams, count, dtype, state.count.device)
 
     def init(params):
         device = _tree.device_of(params)
@@ -193,13 +219,13 @@ def _injected(inner_factory: Callable, split: _Split, hyperparam_dtype) -> Fused
         return InjectHyperparamsState(safe_int32_increment(state.count), hps, inner_state)
 
     def update(updates, state, params=None, *, scale=None, **extra):
-        tx, hps = rebuilt(state, params, updates)
+        tx, hps = rebuilt(state, params, updates, extra)
         extra = extra if takes_extra["v"] else {}
         updates, inner_state = _scaled_update(tx, updates, state.inner_state, params, scale, extra)
         return updates, new_state(state, hps, inner_state)
 
     def apply(updates, state, params, *, scale=None, donate=False, **extra):
-        tx, hps = rebuilt(state, params, updates)
+        tx, hps = rebuilt(state, params, updates, extra)
         extra = extra if takes_extra["v"] else {}
         params, inner_state = _scaled_apply(tx, updates, state.inner_state, params, scale, donate, extra)
         return params, new_state(state, hps, inner_state)

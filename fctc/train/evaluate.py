@@ -12,17 +12,25 @@ from ..losses import ctc_loss
 from ..metrics import ErrorCounts, error_counts
 from ..nn.core import Model
 from ..text import Vocabulary
+from .loss_output import as_loss_output, weight_of
 
 __all__ = ["EvalOutput", "make_eval_step", "predict"]
 
 
 class EvalOutput(NamedTuple):
-    """What :func:`make_eval_step` returns for one batch."""
+    """What :func:`make_eval_step` returns for one batch.
+
+    ``stats`` and ``weight``: the statistics the loss function reported (the same as in
+    training, :class:`~fctc.train.LossOutput`) and their weight in averages over batches
+    (:class:`~fctc.train.WeightedMean`); ``{}`` and None without them.
+    """
 
     loss: torch.Tensor
     transcripts: list[str]
     references: list[str]
     counts: ErrorCounts
+    stats: dict[str, torch.Tensor] | None = None
+    weight: torch.Tensor | None = None
 
 
 def _forward(model: Model, precision: str):
@@ -36,6 +44,24 @@ def _forward(model: Model, precision: str):
     return run
 
 
+def _stats_of(loss_fn: Callable, precision: str):
+    """``(params, model_state, batch) -> (stats, weight)`` of an evaluation-mode loss
+    function: no gradients, autocast; ``({}, None)`` when it reports no statistics."""
+    from .step import autocast
+
+    def run(params, model_state, batch):
+        device = batch.audio.device
+        with torch.no_grad(), autocast(precision, device):
+            out, _ = loss_fn(params, model_state, batch, None)
+        out = as_loss_output(out)
+        if not out.stats:
+            return {}, None
+        stats = {k: torch.as_tensor(v, device=device).detach().float() for k, v in out.stats.items()}
+        return stats, weight_of(out.weight, batch, device)
+
+    return run
+
+
 def make_eval_step(
     model: Model,
     vocabulary: Vocabulary,
@@ -44,6 +70,7 @@ def make_eval_step(
     precision: str = "fp32",
     jit: bool = False,
     decode: Callable[[torch.Tensor, torch.Tensor], list[str]] | None = None,
+    loss_fn: Callable | None = None,
 ):
     """Build ``eval_step(params, model_state, batch) -> EvalOutput``.
 
@@ -54,6 +81,12 @@ def make_eval_step(
     pass is compiled; decoding and scoring run on the host. ``decode(logits, lengths)``
     replaces greedy decoding (e.g. a :class:`fctc.decode.BeamSearchDecoder`).
 
+    ``loss_fn`` (the training loss function's evaluation-mode twin, called with ``key=None``)
+    supplies the statistics: those it reports come back as ``stats`` with their ``weight``,
+    so validation reports the same statistics as training (``val_<key>`` in ``fctc train``).
+    ``loss`` stays the CTC loss with ``reduction`` (per-utterance scoring needs it); put the
+    loss function's own loss in its statistics to see it. It costs a second forward pass.
+
     Args:
       model: the model.
       vocabulary: its vocabulary (blank and decoding).
@@ -61,12 +94,14 @@ def make_eval_step(
       precision: "fp32", "bf16" or "fp16" (autocast).
       jit: compile the forward pass.
       decode: ``decode(logits, lengths) -> list[str]`` (None: greedy CTC decoding).
+      loss_fn: an evaluation-mode loss function whose statistics to report (see above).
 
     Returns:
       ``eval_step(params, model_state, batch) -> EvalOutput``.
     """
     decode = decode or vocabulary.decode_prediction
     forward = backend.jit(_forward(model, precision), enabled=jit)
+    stats_of = None if loss_fn is None else backend.jit(_stats_of(loss_fn, precision), enabled=jit)
 
     def eval_step(params: Any, model_state: Any, batch: Any) -> EvalOutput:
         logits, lengths = forward(params, model_state, batch.audio, batch.audio_lengths)
@@ -74,9 +109,10 @@ def make_eval_step(
             logits, lengths, batch.targets, batch.target_lengths, vocabulary.blank_idx, reduction,
             check_feasible=False,
         )
+        stats, weight = ({}, None) if stats_of is None else stats_of(params, model_state, batch)
         hyps = decode(logits, lengths)
         refs = vocabulary.decode_targets(batch.targets, batch.target_lengths)
-        return EvalOutput(loss, hyps, refs, error_counts(hyps, refs))
+        return EvalOutput(loss, hyps, refs, error_counts(hyps, refs), stats, weight)
 
     return eval_step
 

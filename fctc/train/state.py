@@ -1,8 +1,10 @@
 """The train state: everything a training run carries from one step to the next, as one pytree.
 
 :class:`TrainState` is what :func:`fctc.train.make_train_step` takes and returns and what a
-checkpoint saves; :func:`init_train_state` builds the first one, and :func:`check_nonfinite`
-turns a run of skipped (non-finite) batches into an error.
+checkpoint saves; :func:`init_train_state` builds the first one, :func:`observe` records what
+the loop tells the optimiser between steps (the epoch, a validation metric: its
+:class:`Observations`), and :func:`check_nonfinite` turns a run of skipped (non-finite)
+batches into an error.
 """
 
 from __future__ import annotations
@@ -19,7 +21,51 @@ from ..optim.base import GradientTransformation
 from ..optim.loss_scale import DynamicLossScale, LossScaleState
 from .routing import Labels, group_params
 
-__all__ = ["TrainState", "Batch", "init_train_state", "NonFiniteLossError", "check_nonfinite"]
+__all__ = [
+    "TrainState",
+    "Observations",
+    "Batch",
+    "init_train_state",
+    "observe",
+    "NonFiniteLossError",
+    "check_nonfinite",
+]
+
+
+class Observations(NamedTuple):
+    """What the loop has told the optimiser (:func:`observe`); part of the train state.
+
+    The train step passes the three to every update of its transformations as extra keyword
+    arguments, which those that do not use them ignore:
+
+    * ``epoch``: int32, the epoch the loop last reported (0 before any): what epoch-interval
+      schedules count (``inject_hyperparams(..., schedule_input="epoch")``);
+    * ``value``: float32, the monitored metric the loop last reported (+inf, the worst, before
+      any), and
+    * ``value_count``: int32, how many values it has reported: :func:`fctc.optim.reduce_on_plateau`
+      takes each reported value in once, at the first update after the report.
+    """
+
+    epoch: torch.Tensor
+    value: torch.Tensor
+    value_count: torch.Tensor
+
+    def as_extra_args(self) -> dict[str, torch.Tensor]:
+        """The keyword arguments the train step passes to the transformations' updates.
+
+        Returns:
+          ``{"epoch": ..., "value": ..., "value_count": ...}``.
+        """
+        return self._asdict()
+
+
+def _observations(device: torch.device) -> Observations:
+    i32 = dict(dtype=torch.int32, device=device)
+    return Observations(
+        epoch=torch.zeros((), **i32),
+        value=torch.full((), float("inf"), dtype=torch.float32, device=device),
+        value_count=torch.zeros((), **i32),
+    )
 
 
 class TrainState(NamedTuple):
@@ -34,6 +80,9 @@ class TrainState(NamedTuple):
     * ``loss_scale``: the dynamic loss scale for float16 training (``None`` otherwise).
     * ``nonfinite_count``: consecutive skipped (non-finite) batches; ``nonfinite_total``: all of
       them. Both int64 tensors, updated without a host sync.
+    * ``observed``: the loop's :class:`Observations` (the epoch and the monitored metric that
+      metric- and epoch-driven schedules read), set by :func:`observe`; saved with the rest,
+      so a resumed run continues those schedules exactly. None only in states built by hand.
     """
 
     params: Any
@@ -44,6 +93,7 @@ class TrainState(NamedTuple):
     loss_scale: LossScaleState | None
     nonfinite_count: torch.Tensor
     nonfinite_total: torch.Tensor
+    observed: Observations | None = None
 
 
 def init_train_state(
@@ -105,7 +155,51 @@ def init_train_state(
         loss_scale=None if loss_scale is None else loss_scale.init(dev),
         nonfinite_count=zero.clone(),
         nonfinite_total=zero.clone(),
+        observed=_observations(dev),
     )
+
+
+def observe(state: TrainState, value: Any = None, *, epoch: int | None = None) -> TrainState:
+    """Record what the loop tells the optimiser: a monitored metric, the current epoch.
+
+    Pure: returns a new state whose :class:`Observations` hold ``value`` (counted as one more
+    report) and/or ``epoch``; parameters and optimiser state are untouched. The next train
+    step hands them to its transformations (:class:`Observations`), so a plateau schedule sees
+    each validation once and an epoch-interval schedule sees the epoch; and since they are
+    part of the state, a checkpoint taken in between resumes exactly::
+
+        state = step.observe(state, epoch=epoch)          # at the start of each epoch
+        state = step.observe(state, val["val_loss"])      # after each validation
+
+    Args:
+      state: the train state.
+      value: the monitored metric (a number or a 0-d tensor), or None.
+      epoch: the epoch now starting (0-based), or None.
+
+    Returns:
+      The new :class:`TrainState`.
+
+    Raises:
+      ValueError: the state holds no observations, ``value`` is not a single number, or
+        ``epoch`` is negative.
+    """
+    obs = state.observed
+    if obs is None:
+        raise ValueError(
+            "observe: this train state has no observations; build it with "
+            "step.init_state(key) or fctc.train.init_train_state(...)"
+        )
+    if value is not None:
+        v = torch.as_tensor(value).detach()
+        if v.numel() != 1:
+            raise ValueError(f"observe: value must be a single number, got shape {tuple(v.shape)}")
+        v = v.reshape(()).to(device=obs.value.device, dtype=obs.value.dtype)
+        obs = obs._replace(value=v, value_count=obs.value_count + 1)
+    if epoch is not None:
+        if int(epoch) < 0:
+            raise ValueError(f"observe: epoch must be >= 0, got {epoch}")
+        obs = obs._replace(epoch=torch.full_like(obs.epoch, int(epoch)))
+    return state._replace(observed=obs)
 
 
 class NonFiniteLossError(RuntimeError):

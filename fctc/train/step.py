@@ -22,28 +22,34 @@ from ..losses import ctc_loss
 from ..nn.core import Model
 from ..optim.base import GradientTransformation, update_and_apply
 from ..optim.loss_scale import DynamicLossScale, dynamic_loss_scale
+from .loss_output import SINGLE as _SINGLE
+from .loss_output import LossRules, as_loss_output, weight_of
 from .routing import Labels, group_params, merge_groups
-from .state import TrainState, init_train_state
+from .state import TrainState, init_train_state, observe
+from .stats import STATS_PREFIX, WeightedMean
 
 __all__ = ["ctc_loss_fn", "make_train_step", "TrainStep", "PRECISIONS", "JIT_MODES", "autocast"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-_SINGLE = "loss"
 
 LossFn = Callable[..., tuple[Any, Any]]
 
 
-def ctc_loss_fn(model: Model, blank: int, reduction: str = "thunder") -> LossFn:
+def ctc_loss_fn(model: Model, blank: int, reduction: str = "thunder", train: bool = True) -> LossFn:
     """The default loss: run ``model`` on a :class:`~fctc.train.Batch` and take its CTC loss.
 
     Returns ``loss_fn(params, model_state, batch, key) -> (loss, new_model_state)``, the
     contract every loss function given to :func:`make_train_step` follows. A loss function may
-    also return a dict of named scalar losses for multi-loss routing.
+    also return a dict of named scalar losses for multi-loss routing, or ESPnet3's
+    ``(loss, stats, weight)`` (:class:`~fctc.train.LossOutput`) to log statistics.
 
     Args:
       model: the model.
       blank: the blank index.
       reduction: the CTC loss's reduction (:func:`fctc.losses.ctc_loss`).
+      train: run the model in training mode (dropout, augmentation; for
+        :func:`make_train_step`), or in evaluation mode, ``key`` unused (for
+        ``make_eval_step(..., loss_fn=...)``).
 
     Returns:
       The loss function.
@@ -51,9 +57,11 @@ def ctc_loss_fn(model: Model, blank: int, reduction: str = "thunder") -> LossFn:
 
     def loss_fn(params, model_state, batch, key):
         (logits, lengths), new_state = model.apply(
-            params, model_state, batch.audio, batch.audio_lengths, train=True, key=key
+            params, model_state, batch.audio, batch.audio_lengths, train=train, key=key if train else None
         )
-        loss = ctc_loss(logits, lengths, batch.targets, batch.target_lengths, blank, reduction)
+        loss = ctc_loss(
+            logits, lengths, batch.targets, batch.target_lengths, blank, reduction, check_feasible=train
+        )
         return loss, new_state
 
     return loss_fn
@@ -144,6 +152,11 @@ def _check_cuda_graphs(state: TrainState) -> None:
         )
 
 
+def _extra_args(state: TrainState) -> dict[str, torch.Tensor]:
+    """The extra arguments every update gets: the loop's :class:`~fctc.train.Observations`."""
+    return {} if state.observed is None else state.observed.as_extra_args()
+
+
 class TrainStep:
     """The pure train step built by :func:`make_train_step`; call it as ``step(state, batch)``.
 
@@ -162,6 +175,8 @@ class TrainStep:
         loss_scale: DynamicLossScale | None,
         jit: bool | str,
         donate: bool = False,
+        log_only: Any = (),
+        skip_nonfinite: bool = True,
     ):
         self.model = model
         self.tx = tx
@@ -176,6 +191,8 @@ class TrainStep:
         if self.jit is True:  # the loss and its gradient compiled; the update stays eager
             self.loss_fn = backend.jit_trees(loss_fn, dynamic=(2,))
         self.donate = donate and not self.jit  # compiled code plans its own buffers
+        self.rules = LossRules(tuple(tx) if self.routed else None, log_only)
+        self.skip_nonfinite = skip_nonfinite
         self._compiled = _compiled_step(self._step, self.jit)
 
     def init_state(self, key: torch.Tensor, **kwargs: Any) -> TrainState:
@@ -197,6 +214,19 @@ class TrainStep:
             **kwargs,
         )
 
+    def observe(self, state: TrainState, value: Any = None, *, epoch: int | None = None) -> TrainState:
+        """Tell the optimiser a monitored metric and/or the epoch (:func:`fctc.train.observe`).
+
+        Args:
+          state: the train state.
+          value: the monitored metric (e.g. the validation loss), or None.
+          epoch: the epoch now starting, or None.
+
+        Returns:
+          The new state (pure; the next step's updates see the observations).
+        """
+        return observe(state, value, epoch=epoch)
+
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, torch.Tensor]]:
         if not isinstance(state, TrainState):
             raise TypeError(f"train_step: state must be a TrainState, got {type(state).__name__}")
@@ -214,32 +244,43 @@ class TrainStep:
     def _labels(self, params):
         return self.routing.of(params) if self.routed else None
 
+    def _forward(self, mb: Any, key: torch.Tensor, model_state: Any):
+        """The loss function on one micro-batch, split by the routing rules: a function of the
+        parameters returning ``(optimised losses, (new model state, logged losses, stats,
+        weight))`` for :func:`fctc.backend.vjp`."""
+        device = _tree.leaves(mb)[0].device
+
+        def forward(params):
+            with autocast(self.precision, device):
+                out, new_state = self.loss_fn(params, model_state, mb, key)
+            out = as_loss_output(out)
+            optimised, logged = self.rules.split(out.loss)
+            logged = {n: v.detach().float() for n, v in logged.items()}
+            stats, weight = {}, ()  # aux holds tensors only (functorch's vjp): none by default
+            if out.stats:
+                stats = {k: torch.as_tensor(v, device=device).detach().float() for k, v in out.stats.items()}
+                weight = weight_of(out.weight, mb, device)
+            return {n: v.float() for n, v in optimised.items()}, (new_state, logged, stats, weight)
+
+        return forward
+
     def _gradients(self, state: TrainState, batch: Any, key: torch.Tensor):
-        """Loss per name, gradient per group (unscaled, summed over micro-batches), new state."""
+        """Loss per name, gradient per group (unscaled, summed over micro-batches), new state,
+        labels, and what is only logged (:meth:`_logged`)."""
         scale = state.loss_scale.scale if state.loss_scale is not None else None
         labels = self._labels(state.params)
         model_state = state.model_state
         total_loss: dict[str, torch.Tensor] = {}
         total_grads: dict[str, Any] = {}
+        logged: dict[str, torch.Tensor] = {}
+        stats, weight = WeightedMean(), None
         micro = _micro_batches(batch, self.accum_steps)
-        for i, (mb, weight) in enumerate(micro):
+        for i, (mb, share) in enumerate(micro):
             mkey = key if len(micro) == 1 else _random.fold_in(key, i)
-            device = _tree.leaves(mb)[0].device
-
-            def forward(params, mb=mb, mkey=mkey, model_state=model_state, device=device):
-                with autocast(self.precision, device):
-                    out, new_state = self.loss_fn(params, model_state, mb, mkey)
-                losses = out if isinstance(out, dict) else {_SINGLE: out}
-                return {n: v.float() for n, v in losses.items()}, new_state
-
-            losses, vjp_fn, model_state = backend.vjp(forward, state.params, has_aux=True)
+            losses, vjp_fn, aux = backend.vjp(self._forward(mb, mkey, model_state), state.params, has_aux=True)
+            model_state, mb_logged, mb_stats, mb_weight = aux
             for name, value in losses.items():
-                if self.routed and name not in self.tx:
-                    raise ValueError(
-                        f"train_step: loss_fn returned a loss {name!r} with no transformation; "
-                        f"the groups are {sorted(self.tx)}"
-                    )
-                ct = torch.full_like(value, weight) if scale is None else weight * scale
+                ct = torch.full_like(value, share) if scale is None else share * scale
                 (grads,) = vjp_fn({n: (ct if n == name else None) for n in losses})
                 if self.routed:
                     grads = group_params(grads, labels, name)
@@ -250,18 +291,32 @@ class TrainStep:
                     total_grads[name] = _tree.unflatten(
                         spec, torch._foreach_add(gs, spec.flatten_up_to(grads))
                     )
-                    total_loss[name] = total_loss[name] + weight * value
+                    total_loss[name] = total_loss[name] + share * value
                 else:
                     total_grads[name] = grads
-                    total_loss[name] = weight * value
+                    total_loss[name] = share * value
+            for name, value in mb_logged.items():
+                logged[name] = logged[name] + share * value if name in logged else share * value
+            if mb_stats:
+                stats.add(mb_stats, mb_weight)
+                weight = mb_weight if weight is None else weight + mb_weight
             # Drop this micro-batch's autograd graph (kept for repeated vjp calls) before the
             # next forward pass, so only one micro-batch's activations are alive at a time.
             del vjp_fn, losses
-        return total_loss, total_grads, model_state, labels
+        return total_loss, total_grads, model_state, labels, self._logged(logged, stats, weight)
+
+    @staticmethod
+    def _logged(losses: dict, stats: WeightedMean, weight: Any) -> dict[str, torch.Tensor]:
+        """The metrics of what is only logged: ``loss/<name>``, ``stats/<key>``, ``weight``."""
+        out = {f"loss/{n}": v for n, v in losses.items()}
+        if stats:
+            out.update({STATS_PREFIX + k: v for k, v in stats.means().items()})
+            out["weight"] = weight
+        return out
 
     def _step(self, state: TrainState, batch: Any):
         key = _random.fold_in(state.key, state.step)
-        losses, grads, model_state, labels = self._gradients(state, batch, key)
+        losses, grads, model_state, labels, logged = self._gradients(state, batch, key)
         # One global norm per group: logged, proving the gradients finite on the CPU, and
         # handed to the chain, whose leading clip_by_global_norm then needs no second pass.
         grad_norms = {n: _tree.global_norm(g) for n, g in grads.items()}
@@ -269,15 +324,20 @@ class TrainStep:
         finite = finite & torch.stack(
             [backend.all_finite(g, grad_norms[n]) for n, g in grads.items()]
         ).all()
-        params, opt_state, finite = self._update(state, grads, grad_norms, labels, finite)
+        # With skip_nonfinite=False the chain sees non-finite gradients and decides (it may
+        # discard them, as speechain's discard_window does); non-finite new parameters are
+        # still refused.
+        allowed = finite if self.skip_nonfinite else torch.ones_like(finite)
+        params, opt_state, kept = self._update(state, grads, grad_norms, labels, allowed)
+        good = finite & kept  # skipping: kept alone (its finiteness includes the gradients')
         # On the CPU, eagerly, the choice is made on the host: no copy of the trees per step.
-        params = backend.select(finite, params, state.params)
-        opt_state = backend.select(finite, opt_state, state.opt_state)
-        model_state = backend.select(finite, model_state, state.model_state)
+        params = backend.select(kept, params, state.params)
+        opt_state = backend.select(kept, opt_state, state.opt_state)
+        model_state = backend.select(good, model_state, state.model_state)
         loss_scale = state.loss_scale
         if loss_scale is not None:
-            loss_scale = self.loss_scale.adjust(loss_scale, finite)
-        bad = (~finite).to(torch.int64)
+            loss_scale = self.loss_scale.adjust(loss_scale, good)
+        bad = (~good).to(torch.int64)
         new_state = TrainState(
             params=params,
             model_state=model_state,
@@ -287,8 +347,11 @@ class TrainStep:
             loss_scale=loss_scale,
             nonfinite_count=(state.nonfinite_count + bad) * bad,
             nonfinite_total=state.nonfinite_total + bad,
+            observed=state.observed,
         )
-        return new_state, self._metrics(losses, grad_norms, finite, loss_scale)
+        metrics = self._metrics(losses, grad_norms, good, loss_scale)
+        metrics.update(logged)
+        return new_state, metrics
 
     def _update(self, state: TrainState, grads, grad_norms, labels, finite):
         """Every group's chain and parameter update: ``(params, opt_state, finite)``."""
@@ -300,12 +363,13 @@ class TrainStep:
         # update_and_apply never writes non-finite values into donated buffers either, so a
         # skipped step still finds the old parameters and optimiser state intact.
         donate = self.donate and not backend.is_tracing() and bool(finite)
+        extra = _extra_args(state)
         for name, g in grads.items():
             params_g = group_params(state.params, labels, name) if self.routed else state.params
             # One call: adam/adamw (and chains ending in one) add the update to the parameters
             # inside their kernel instead of materialising an update tree.
             new_groups[name], new_opt[name] = update_and_apply(
-                txs[name], g, opt_states[name], params_g, donate=donate, norm=grad_norms[name]
+                txs[name], g, opt_states[name], params_g, donate=donate, norm=grad_norms[name], **extra
             )
             # Checked after the chain too: a transformation that mixes in other processes'
             # gradients (fctc.distributed.all_reduce_gradients) makes every rank see the same
@@ -349,6 +413,8 @@ def make_train_step(
     loss_scale: DynamicLossScale | None = None,
     jit: bool | str = False,
     donate: bool = False,
+    log_only: Any = (),
+    skip_nonfinite: bool = True,
 ) -> TrainStep:
     """Build the pure train step ``step(state, batch) -> (state, metrics)``.
 
@@ -359,7 +425,11 @@ def make_train_step(
         dict of losses with the same names; each group gets only its own loss's gradient).
       loss_fn: ``loss_fn(params, model_state, batch, key) -> (loss, new_model_state)``; by
         default the CTC loss of ``model`` on a :class:`~fctc.train.Batch` with ``blank`` and
-        ``reduction`` (see :func:`fctc.losses.ctc_loss`).
+        ``reduction`` (see :func:`fctc.losses.ctc_loss`). ``loss`` is a tensor, a dict of
+        named losses, or ESPnet3's ``(loss, stats, weight)`` (:class:`~fctc.train.LossOutput`:
+        ``stats`` come back in the metrics as ``stats/<key>``, averaged over micro-batches with
+        ``weight``, and the summed ``weight`` as ``weight``; the gradient still weights each
+        micro-batch by its share of the utterances).
       accum_steps: split each batch into this many micro-batches and sum their gradients,
         weighted by micro-batch size, inside the step: the update equals the full batch's for
         a batch-mean loss and a model without batch statistics (BatchNorm sees each
@@ -389,20 +459,36 @@ def make_train_step(
         returned states). Non-finite batches are still skipped with the old values intact.
         It costs one host read of the step's finiteness flag (a synchronisation on
         accelerators) and has no effect with any ``jit``, where the compiler plans buffers.
+      log_only: names of losses in ``loss_fn``'s dict that are logged (``loss/<name>``) and
+        never optimised (speechain's losses dict). With one transformation, all but one name
+        must be listed; the one left is optimised (speechain's ``optim_loss``).
+      skip_nonfinite: skip non-finite batches (the default); False hands their gradients to
+        the transformations, which decide (``speechain_optimizer(..., nonfinite=
+        "discard_window")``, ``optim.apply_if_finite``): the state then advances unless the
+        new parameters are non-finite, in which case the step changes nothing. Use it only
+        with a chain that guards itself, or one NaN reaches an accumulator for good.
 
     Non-finite batches (any loss or gradient NaN/Inf) change nothing (params, optimiser state,
     model state); they are counted in ``state.nonfinite_count`` / ``nonfinite_total`` without a
     host sync; :func:`fctc.train.check_nonfinite` turns a long run of them into an error.
-    The metrics are tensors: ``loss``, ``grad_norm`` (of the unscaled gradients), ``finite``
-    and, for fp16, ``loss_scale`` (per group ``loss/<name>`` and ``grad_norm/<name>`` when
-    routed).
+    The metrics are tensors: ``loss`` (the sum of the optimised losses), ``grad_norm`` (of the
+    unscaled gradients), ``finite`` and, for fp16, ``loss_scale`` (per group ``loss/<name>``
+    and ``grad_norm/<name>`` when routed); ``loss/<name>`` for named losses that are only
+    logged; ``stats/<key>`` and ``weight`` when ``loss_fn`` reports statistics.
+
+    Routing follows the seed's rules, and an output that breaks one is a ``ValueError`` naming
+    it (:class:`fctc.train.LossRules`): one transformation takes one loss tensor (ESPnet3:
+    returning OptimizationStep with the single optimizer is forbidden) unless ``log_only``
+    leaves one name; a dict of transformations takes named losses, each naming a group or
+    listed in ``log_only``.
 
     Returns:
       The :class:`TrainStep`.
 
     Raises:
       ValueError: a bad precision, ``accum_steps`` or ``jit``, no ``blank`` for the default
-        loss, or ``param_labels`` / ``loss_scale`` that do not fit ``tx`` / ``precision``.
+        loss, ``param_labels`` / ``loss_scale`` that do not fit ``tx`` / ``precision``, or a
+        ``log_only`` name that is also a group.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"make_train_step: precision must be one of {PRECISIONS}, got {precision!r}")
@@ -427,5 +513,6 @@ def make_train_step(
     if precision != "fp16" and loss_scale is not None:
         raise ValueError("make_train_step: loss_scale is only used with precision='fp16'")
     return TrainStep(
-        model, tx, loss_fn, accum_steps, precision, param_labels, loss_scale, jit, donate
+        model, tx, loss_fn, accum_steps, precision, param_labels, loss_scale, jit, donate,
+        log_only, skip_nonfinite,
     )
