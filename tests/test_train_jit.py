@@ -107,3 +107,18 @@ def test_jit_trees_keys_inductor_caches_by_fctcs_lowering():
     assert "post_grad_custom_pre_pass" not in _tree_jit._options(None, "eager")
     with torch._inductor.config.patch(post_grad_custom_pre_pass=lambda graph: None):
         assert "post_grad_custom_pre_pass" not in _tree_jit._options(None, "inductor")
+
+
+def test_jit_trees_of_functions_sharing_code_keep_their_own_closures():
+    """Two compiled functions built by one factory (same code, other closure values) each
+    run their own constants."""
+
+    def make(k):
+        return lambda x: x * k
+
+    x = torch.ones(3)
+    for backend in ("eager", "inductor"):
+        a = fctc.backend.jit_trees(make(2.0), backend=backend)
+        b = fctc.backend.jit_trees(make(3.0), backend=backend)
+        torch.testing.assert_close(a(x), torch.full((3,), 2.0))
+        torch.testing.assert_close(b(x), torch.full((3,), 3.0))
