@@ -27,8 +27,17 @@ from fctc.train import Batch, make_train_step
 
 
 def batches(config: dict, n: int = 3, seconds: float = 3.2) -> list[Batch]:
-    """``n`` feature batches of ``max_batch_seconds / seconds`` utterances of 0.75 to 1 times
-    ``seconds`` seconds, with 40-character targets (seeded)."""
+    """Feature batches shaped like the recipe's buckets (seeded).
+
+    Args:
+        config: the configuration (``data.max_batch_seconds``, ``model.front_end.nfilt``).
+        n: how many batches.
+        seconds: the longest utterance; the others are 0.75 to 1 times as long.
+
+    Returns:
+        ``n`` batches of ``max_batch_seconds // seconds`` utterances (9 by default), with
+        targets of 25 to 40 characters.
+    """
     size = max(1, int(config["data"]["max_batch_seconds"] // seconds))
     frames, feats = int(seconds * 100), int(config["model"]["front_end"]["nfilt"])
     g = torch.Generator().manual_seed(0)
@@ -43,7 +52,16 @@ def batches(config: dict, n: int = 3, seconds: float = 3.2) -> list[Batch]:
 
 
 def time_steps(steps: int, warmup: int, jit: bool) -> dict:
-    """Build the default recipe's step and time it; returns the figures."""
+    """Build the default recipe's step and time it.
+
+    Args:
+        steps: timed steps.
+        warmup: untimed steps after the first one.
+        jit: ``make_train_step(jit=True)``.
+
+    Returns:
+        The figures: fctc's location, parameters, batch shape, first step and median step.
+    """
     config = default_config()
     vocab = build_vocabulary(config, ["abc"])
     model = build_model(config["model"], vocab, cached_features=True)

@@ -59,6 +59,8 @@ def _batch(seed: int) -> Batch:
 
 @pytest.mark.parametrize("accum_steps", [1, 2])
 def test_eager_step_makes_no_host_read_on_an_accelerator_path(monkeypatch, accum_steps):
+    """QuartzNet with dropout, clipping and an AdamW schedule, one batch or micro-batches:
+    no value read, and the same results as with the CPU's host shortcuts."""
     tx = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(optim.warmup_cosine_decay_schedule(
         0.0, 1e-2, 2, 10), weight_decay=1e-3))
     step = make_train_step(_model(), tx, blank=BLANK, accum_steps=accum_steps)
@@ -76,6 +78,7 @@ def test_eager_step_makes_no_host_read_on_an_accelerator_path(monkeypatch, accum
 
 
 def test_fp16_step_with_loss_scaling_makes_no_host_read(monkeypatch):
+    """The fp16 step (autocast, dynamic loss scale, skip decision) reads no value either."""
     step = make_train_step(_model(), optim.adamw(1e-3), blank=BLANK, precision="fp16")
     state = step.init_state(random.key(0))
     with accelerator_like(monkeypatch):
