@@ -350,7 +350,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_rows(runners: dict, batches, device, warmup: int, rounds: int, per_round: int) -> dict:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+"""``--clock``: wall-clock time, or the CPU time of the timing thread (with ``--threads 1`` on
+the CPU every kernel and the backward pass run on it; less sensitive to other processes'
+load, blind to time spent waiting for a device)."""
+
+
+def time_rows(runners: dict, batches, device, warmup: int, rounds: int, per_round: int,
+              clock=time.perf_counter) -> dict:
     """Warm every row up, then let the rows take turns.
 
     Args:
@@ -360,6 +367,7 @@ def time_rows(runners: dict, batches, device, warmup: int, rounds: int, per_roun
         warmup: untimed steps per row.
         rounds: turns.
         per_round: steps per row and turn.
+        clock: the timer of the turns (:data:`CLOCKS`); first steps are always wall time.
 
     Returns:
         ``{"first": first-step seconds per row, "times": per-step wall times per row}``.
@@ -383,10 +391,10 @@ def time_rows(runners: dict, batches, device, warmup: int, rounds: int, per_roun
                 b = batches[k % len(batches)]
                 k += 1
                 _sync(device)
-                t0 = time.perf_counter()
+                t0 = clock()
                 runners[name](b)
                 _sync(device)
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(clock() - t0)
         _progress(f"round {r + 1}/{rounds} done")
     return {"first": first, "times": times}
 
@@ -586,17 +594,20 @@ def markdown(result: dict) -> str:
     lines = [
         f"QuartzNet {a['config']} train step, device={a['device']}, batch {a['batch']} x "
         f"{a['seconds']} s, threads={result['machine']['torch_threads']}, "
-        f"torch {result['machine']['torch']}; {result['timed_steps']} timed steps per row (median)",
+        f"torch {result['machine']['torch']}; {result['timed_steps']} timed steps per row (median, "
+        f"{a.get('clock', 'wall')} clock)",
         "",
-        "| row | step ms | utt/s | audio s/s | speed vs ref | ref | peak MB "
-        "| first step s | compile s |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| row | step ms | utt/s | audio s/s | speed vs ref | ref | vs torch, same work "
+        "| peak MB | first step s | compile s |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         mem = r.get("memory") or {}
+        vs_torch = r.get("speed_vs_torch")
         lines.append(
             f"| {r['name']} | {r['step_ms']:.1f} | {r['utt_per_s']:.2f} | "
             f"{r['audio_s_per_s']:.1f} | {r['speed_vs_ref']:.2f}x | {r['ref']} | "
+            f"{_fmt(vs_torch)}{'x' if vs_torch is not None else ''} | "
             f"{_fmt(mem.get('peak_mb'), '.0f')} | "
             f"{r['first_step_s']:.2f} | {_fmt(r['compile_s'])} |"
         )
@@ -618,6 +629,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--per-round", type=int, default=None, help="steps per row and round")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    ap.add_argument("--clock", default="wall", choices=sorted(CLOCKS),
+                    help="time the turns by wall clock or by the timing thread's CPU time")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run in under a minute: tiny model, a few steps, fp32 and fp16, "
                          "accumulation, memory of the fp32 rows only, no compiled rows (their "
@@ -678,7 +691,16 @@ def _timed_rows(specs, timing, batch: int, seconds_per_batch: float) -> list[dic
     by_name = {r["name"]: r for r in rows}
     for r in rows:
         r["speed_vs_ref"] = by_name[r["ref"]]["step_ms"] / r["step_ms"]
+        # Against the imperative loop doing the same work (same precision and accumulation).
+        torch_row = by_name.get(_torch_row(r))
+        r["speed_vs_torch"] = None if torch_row is None else torch_row["step_ms"] / r["step_ms"]
     return rows
+
+
+def _torch_row(spec: dict) -> str:
+    """The name of the ``torch eager`` row with ``spec``'s precision and accumulation."""
+    suffix = f" accum{spec['accum']}" if spec["accum"] > 1 else ""
+    return f"torch eager {spec['precision']}{suffix}"
 
 
 def _add_memory(rows: list[dict], specs: list[dict], args) -> None:
@@ -729,7 +751,8 @@ def main(argv=None) -> dict:
     parity = check_parity(args.config, weights, batches, device)
     specs = row_specs(precisions, not args.no_compile, args.accum)
     runners = {s["name"]: build_row(s, args.config, weights, device) for s in specs}
-    timing = time_rows(runners, batches, device, args.warmup, args.rounds, args.per_round)
+    timing = time_rows(runners, batches, device, args.warmup, args.rounds, args.per_round,
+                       CLOCKS[args.clock])
     machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
     seconds_per_batch = statistics.mean(audio_seconds(b) for b in batches)

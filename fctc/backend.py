@@ -11,22 +11,32 @@ choice of machinery lives in one place:
 * :func:`vmap` is ``torch.func.vmap``.
 * :func:`jit` compiles a pure function with ``torch.compile``; ``jit(fn, enabled=False)`` runs
   the very same function eagerly, so every compiled path has an eager twin for tests.
+  :func:`jit_trees` compiles a function of pytrees over their flat tensor leaves, so that the
+  compiled code guards tensors only (see :mod:`fctc._tree_jit`).
 * :func:`all_finite` and :func:`select` are :mod:`fctc.tree`'s branch-free checks with the one
   host shortcut fctc takes: eagerly on the CPU, where reading a flag back costs no device
   synchronisation (:func:`host_is_free`), the choice is made in Python. On accelerators and
   under tracing they stay tensor operations.
+* :func:`checks_values` says whether an eager check of user-given values (lengths in range,
+  labels not the blank) may read them back now: on the CPU by default, never under tracing,
+  and on accelerators only inside :func:`value_checks` ``("always")``, since each read waits
+  for the device there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+import operator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 import torch.func
 
+from . import _tree_jit
 from . import tree as _tree
+from ._tree_jit import jit_trees as jit_trees
 
 __all__ = [
     "value_and_grad",
@@ -34,8 +44,12 @@ __all__ = [
     "vjp",
     "vmap",
     "jit",
+    "jit_trees",
     "is_tracing",
     "host_is_free",
+    "checks_values",
+    "value_checks",
+    "VALUE_CHECKS",
     "all_finite",
     "select",
 ]
@@ -48,9 +62,7 @@ def is_tracing() -> bool:
       True inside ``torch.compile`` tracing or a ``torch.func`` transform: then Python must not
       branch on tensor values, and buffers must not be written in place.
     """
-    if torch.compiler.is_compiling():
-        return True
-    return torch._C._functorch.peek_interpreter_stack() is not None
+    return _tree._is_tracing()
 
 
 def host_is_free(tensors: Sequence[torch.Tensor]) -> bool:
@@ -63,6 +75,61 @@ def host_is_free(tensors: Sequence[torch.Tensor]) -> bool:
       True outside tracing when every tensor lives on the CPU.
     """
     return not is_tracing() and all(x.device.type == "cpu" for x in tensors)
+
+
+#: The modes of :func:`value_checks`.
+VALUE_CHECKS = ("auto", "always", "never")
+_value_checks = ["auto"]
+
+
+def checks_values(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether an eager check of the values of ``tensors`` runs now.
+
+    Args:
+      tensors: the tensors the check would read.
+
+    Returns:
+      False under tracing; otherwise, in the :func:`value_checks` mode ``"auto"`` (the
+      default) :func:`host_is_free`, in ``"always"`` True, in ``"never"`` False.
+    """
+    if is_tracing():
+        return False
+    mode = _value_checks[0]
+    if mode == "auto":
+        for x in tensors:  # (a loop, not all(...): this runs for every layer)
+            if not x.is_cpu:
+                return False
+        return True
+    return mode == "always"
+
+
+@contextlib.contextmanager
+def value_checks(mode: str) -> Iterator[None]:
+    """Choose, for the block, where fctc checks user-given values eagerly (a debug switch).
+
+    Lengths (:func:`fctc.nn.check_lengths`) and CTC targets (:func:`fctc.losses.ctc_loss`)
+    are checked once per batch. On the CPU that is free; on an accelerator each read waits
+    for the device, so by default (``"auto"``) they are checked on the CPU only and an
+    accelerator step never synchronises for them. ``"always"`` checks everywhere (debugging
+    a GPU run), ``"never"`` nowhere. Compiled code never checks values.
+
+    Args:
+      mode: one of :data:`VALUE_CHECKS`.
+
+    Yields:
+      Nothing; the previous mode comes back on exit.
+
+    Raises:
+      ValueError: an unknown mode.
+    """
+    if mode not in VALUE_CHECKS:
+        raise ValueError(f"value_checks: mode must be one of {VALUE_CHECKS}, got {mode!r}")
+    previous = _value_checks[0]
+    _value_checks[0] = mode
+    try:
+        yield
+    finally:
+        _value_checks[0] = previous
 
 
 def all_finite(tree: Any, norm: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,6 +149,8 @@ def all_finite(tree: Any, norm: torch.Tensor | None = None) -> torch.Tensor:
     Returns:
       A 0-d bool tensor.
     """
+    if norm is not None and host_is_free([norm]) and bool(torch.isfinite(norm)):
+        return torch.ones((), dtype=torch.bool)  # the caller's norm proves it: no flattening
     xs = [x for x in _tree.leaves(tree) if x.is_floating_point()]
     if not xs:
         return torch.ones((), dtype=torch.bool)
@@ -112,11 +181,34 @@ def select(pred: torch.Tensor, on_true: Any, on_false: Any) -> Any:
         return _tree.select(pred, on_true, on_false)
     if not bool(pred):
         return on_false
+    # Usually on_false is the state passed in (whose structure fctc.tree remembers) and on_true
+    # has its structure, leaf for leaf: then nothing needs casting and on_true is the answer.
+    b, spec_false = _tree.flatten(on_false)
+    try:
+        if _same_kind(spec_false.flatten_up_to(on_true), b):
+            return on_true
+    except (ValueError, TypeError):
+        pass  # another structure: the general path below says what is wrong
     a, spec = _tree.flatten(on_true)
+    b = spec.flatten_up_to(on_false)
     out = []
-    for x, y in zip(a, spec.flatten_up_to(on_false)):
+    for x, y in zip(a, b):
         out.append(torch.as_tensor(x, device=y.device).to(y.dtype) if isinstance(y, torch.Tensor) else y)
     return _tree.unflatten(spec, out)
+
+
+_DTYPE = operator.attrgetter("dtype")
+_DEVICE = operator.attrgetter("device")
+
+
+def _same_kind(a: list, b: list) -> bool:
+    """Whether two leaf lists are plain tensors with the same dtypes and devices, leaf by leaf
+    (C-level loops: the eager step asks this of its whole state every step)."""
+    types = set(map(type, a))
+    types.update(map(type, b))
+    if types != {torch.Tensor}:
+        return not a and not b
+    return list(map(_DTYPE, a)) == list(map(_DTYPE, b)) and list(map(_DEVICE, a)) == list(map(_DEVICE, b))
 
 
 def _check_argnums(argnums: int | Sequence[int], nargs: int) -> tuple[int, ...]:
@@ -223,7 +315,8 @@ def _regroup(flats: list, gs: Sequence[torch.Tensor | None]) -> list[Any]:
 
 
 def _detach_aux(aux: Any) -> Any:
-    return _tree.map(lambda a: a.detach() if isinstance(a, torch.Tensor) else a, aux)
+    # A tensor that needs no gradient is in no graph: it is its own detached value.
+    return _tree.map(lambda a: a.detach() if isinstance(a, torch.Tensor) and a.requires_grad else a, aux)
 
 
 def _autograd_path(fn, nums, argnums, has_aux, args, kwargs):
@@ -315,13 +408,16 @@ def vjp(fn: Callable[..., Any], *primals: Any, has_aux: bool = False):
         cts = out_spec.flatten_up_to(cotangents) if cotangents is not None else []
         pairs = [(o, c) for o, c in zip(out_leaves, cts) if c is not None and o.requires_grad]
         if pairs and all_inputs:
-            gs = torch.autograd.grad(
-                [o for o, _ in pairs],
-                all_inputs,
-                grad_outputs=[c for _, c in pairs],
-                retain_graph=True,
-                allow_unused=True,
-            )
+            # The graph is kept for further calls; a compiled forward (jit_trees) then needs a
+            # backward without AOTAutograd's donated buffers, decided when it is compiled here.
+            with _tree_jit.no_donated_buffers():
+                gs = torch.autograd.grad(
+                    [o for o, _ in pairs],
+                    all_inputs,
+                    grad_outputs=[c for _, c in pairs],
+                    retain_graph=True,
+                    allow_unused=True,
+                )
         else:
             gs = [None] * len(all_inputs)
         return tuple(_regroup(flats, gs))

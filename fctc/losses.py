@@ -16,10 +16,12 @@ Reductions:
 An utterance whose target cannot be aligned to its frames (CTC needs one frame per label plus
 one per pair of equal adjacent labels) has infinite loss; ``zero_infinity`` turns that into a
 zero loss with a zero gradient. Eagerly, ``ctc_loss`` warns with the number of such
-utterances so the data problem does not go unnoticed. The check is a few vectorised
-comparisons and one host synchronisation; it is skipped while tracing (``fctc.backend.jit``,
-``value_and_grad`` under a transform), so a compiled training step pays nothing for it, and
-``check_feasible=False`` skips it eagerly too.
+utterances so the data problem does not go unnoticed. That count and the checks of the
+targets' values are a few vectorised comparisons and one read back to the host; they run where
+:func:`fctc.backend.checks_values` allows (eagerly on the CPU by default; on accelerators only
+inside ``fctc.backend.value_checks("always")``, since the read waits for the device; never
+while tracing, so a compiled training step pays nothing for them). ``check_feasible=False``
+skips the count.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .backend import is_tracing
+from .backend import checks_values, is_tracing
+from .nn.core import length_bounds
 
 __all__ = ["ctc_loss", "infeasible_count", "REDUCTIONS"]
 
@@ -65,35 +68,45 @@ def _validate(logits, lengths, targets, target_lengths, blank, reduction):
         raise ValueError(f"ctc_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
-def _check_values(logits, lengths, targets, target_lengths, blank):
-    """Host-side checks of the values (eager only: each needs a synchronisation)."""
-    time, max_target = logits.shape[2], targets.shape[1]
-    if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > time):
-        raise ValueError(
-            f"ctc_loss: lengths must lie in [0, {time}] (the frames of logits), got "
-            f"{lengths.tolist()}"
-        )
-    if target_lengths.numel() and (
-        int(target_lengths.min()) < 0 or int(target_lengths.max()) > max_target
-    ):
-        raise ValueError(
-            f"ctc_loss: target_lengths must lie in [0, {max_target}] (the columns of targets), "
-            f"got {target_lengths.tolist()}"
-        )
+def _check_values(logits, lengths, targets, target_lengths, blank) -> None:
+    """Host-side checks of the values. Lengths whose range is known on the host cost no read
+    (:func:`fctc.nn.core.length_bounds`); the labels take one read."""
+    time, max_target, vocab = logits.shape[2], targets.shape[1], logits.shape[1]
+    if lengths.numel():
+        lo, hi = length_bounds(lengths)
+        if lo < 0 or hi > time:
+            raise ValueError(
+                f"ctc_loss: lengths must lie in [0, {time}] (the frames of logits), got "
+                f"{lengths.tolist()}"
+            )
+        lo, hi = length_bounds(target_lengths)
+        if lo < 0 or hi > max_target:
+            raise ValueError(
+                f"ctc_loss: target_lengths must lie in [0, {max_target}] (the columns of "
+                f"targets), got {target_lengths.tolist()}"
+            )
     valid = torch.arange(max_target, device=targets.device) < target_lengths.unsqueeze(1)
-    labels = targets[valid]
-    if labels.numel():
-        vocab = logits.shape[1]
-        if int(labels.min()) < 0 or int(labels.max()) >= vocab:
-            raise ValueError(
-                f"ctc_loss: target indices must lie in [0, {vocab}), got values from "
-                f"{int(labels.min())} to {int(labels.max())}"
-            )
-        if bool((labels == blank).any()):
-            raise ValueError(
-                f"ctc_loss: targets contain the blank index {blank} within target_lengths; the "
-                "blank must never be a label (pad targets only beyond their lengths)"
-            )
+    if not valid.numel():
+        return
+    big = torch.iinfo(torch.int64).max
+    targets = targets.long()
+    stats = [
+        torch.where(valid, targets, big).amin(),
+        torch.where(valid, targets, -1).amax(),
+        (valid & (targets == blank)).any().long(),
+        valid.any().long(),
+    ]
+    lab_lo, lab_hi, has_blank, has_labels = torch.stack(stats).tolist()  # the one read
+    if has_labels and (lab_lo < 0 or lab_hi >= vocab):
+        raise ValueError(
+            f"ctc_loss: target indices must lie in [0, {vocab}), got values from "
+            f"{lab_lo} to {lab_hi}"
+        )
+    if has_blank:
+        raise ValueError(
+            f"ctc_loss: targets contain the blank index {blank} within target_lengths; the "
+            "blank must never be a label (pad targets only beyond their lengths)"
+        )
 
 
 # -- the CTC kernel as an opaque custom op ------------------------------------------------------
@@ -152,10 +165,12 @@ def _(grad, log_probs, targets, lengths, target_lengths, nll, alpha, blank):
 
 
 def _ctc_nll(log_probs, targets, lengths, target_lengths, blank):
-    """Per-utterance CTC negative log-likelihood, infinite ones zeroed (``zero_infinity``).
+    """Per-utterance CTC negative log-likelihood, infinite ones zeroed (``zero_infinity``), and
+    the mask of those infinite ones.
 
-    The derivative comes without an ``autograd.Function``: when ``log_probs`` needs a gradient,
-    the backward kernel runs here with unit upstream gradients, giving ``slope = d nll_b /
+    Eagerly (no tracing, no functorch transform) this is ``F.ctc_loss``'s own path: aten's
+    kernel, differentiated by its autograd formula. Traced, the derivative comes without an
+    ``autograd.Function``: when ``log_probs`` needs a gradient, the backward kernel runs here with unit upstream gradients, giving ``slope = d nll_b /
     d log_probs[:, b]``, and ``nll + sum((log_probs - log_probs.detach()) * slope)`` (the same
     value, exactly: the added term is zero) hands it to autograd, which multiplies it by the
     upstream gradient. The kernel scales its result by the upstream gradient as its last
@@ -163,6 +178,12 @@ def _ctc_nll(log_probs, targets, lengths, target_lengths, blank):
     under every transform: ``torch.func.grad`` / ``vjp`` eagerly, and compiled steps, where
     torch <= 2.9 turns any ``autograd.Function`` into one that functorch refuses.
     """
+    if not is_tracing():
+        nll, _ = torch.ops.aten._ctc_loss.Tensor(
+            log_probs, targets, lengths, target_lengths, blank, True
+        )
+        infinite = nll == float("inf")
+        return torch.where(infinite, torch.zeros_like(nll), nll), infinite
     lp = log_probs.detach()
     nll, alpha = _ctc_nll_op(lp, targets, lengths, target_lengths, blank)
     if log_probs.requires_grad:
@@ -172,7 +193,8 @@ def _ctc_nll(log_probs, targets, lengths, target_lengths, blank):
         nll = nll + ((log_probs - lp) * slope).sum(dim=(0, 2))
     # The kernel's zero_infinity flag only zeroes gradients; the value is zeroed here, as
     # aten::ctc_loss does around the same kernel.
-    return torch.where(nll == float("inf"), torch.zeros_like(nll), nll)
+    infinite = nll == float("inf")
+    return torch.where(infinite, torch.zeros_like(nll), nll), infinite
 
 
 def infeasible_count(lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor):
@@ -229,14 +251,19 @@ def ctc_loss(
             lengths or labels out of range, or the blank used as a label.
     """
     _validate(logits, lengths, targets, target_lengths, blank, reduction)
-    tracing = is_tracing()
-    if not tracing:
+    checking = checks_values([lengths, targets, target_lengths])
+    if checking:
         _check_values(logits, lengths, targets, target_lengths, blank)
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     log_probs = F.log_softmax(logits.permute(2, 0, 1), dim=2)
+    nll, infinite = _ctc_nll(log_probs, targets.long(), lengths.long(), target_lengths.long(), blank)
+    infeasible = 0
+    # An utterance too short for its labels has an infinite loss: only when the kernel gave one
+    # is the exact count needed (a few more comparisons and a second read).
+    if checking and check_feasible and bool(infinite.any()):
+        infeasible = int(infeasible_count(lengths, targets, target_lengths))
     target_lengths = target_lengths.long()
-    nll = _ctc_nll(log_probs, targets.long(), lengths.long(), target_lengths, blank)
     if reduction in ("thunder", "mean"):  # torch's "mean"
         loss = (nll / target_lengths.clamp_min(1).to(nll.dtype)).mean()
     elif reduction == "sum":
@@ -245,14 +272,12 @@ def ctc_loss(
         loss = nll.sum() / logits.shape[0]
     else:
         loss = nll
-    if check_feasible and not tracing:
-        n = int(infeasible_count(lengths, targets, target_lengths))
-        if n:
-            warnings.warn(
-                f"ctc_loss: {n} of {logits.shape[0]} utterances have more labels (plus repeats) "
-                "than output frames; their loss is set to 0 (zero_infinity). Filter out such "
-                "utterances or use a model with less downsampling.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+    if infeasible:
+        warnings.warn(
+            f"ctc_loss: {infeasible} of {logits.shape[0]} utterances have more labels (plus "
+            "repeats) than output frames; their loss is set to 0 (zero_infinity). Filter out such "
+            "utterances or use a model with less downsampling.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return loss

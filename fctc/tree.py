@@ -42,6 +42,13 @@ PyTree = Any
 _NS = "fctc"
 
 
+def _is_tracing() -> bool:
+    """Whether torch.compile traces or a functorch transform is active (``backend.is_tracing``)."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
 def map(fn: Callable[..., Any], tree: PyTree, *rest: PyTree, is_leaf=None) -> PyTree:
     """Apply ``fn`` leaf-wise over one or more trees of the same structure.
 
@@ -91,17 +98,19 @@ def leaves(tree: PyTree, is_leaf=None) -> list[Any]:
     return optree.tree_leaves(tree, is_leaf=is_leaf, namespace=_NS)
 
 
-def flatten(tree: PyTree, is_leaf=None) -> tuple[list[Any], Any]:
+def flatten(tree: PyTree, is_leaf=None, none_is_leaf: bool = False) -> tuple[list[Any], Any]:
     """Return ``(leaves, treedef)``; :func:`unflatten` inverts it.
 
     Args:
       tree: a pytree.
       is_leaf: a predicate that stops the descent.
+      none_is_leaf: keep ``None`` as a leaf instead of an empty subtree (optree's flag; the
+        optimisers' update trees mark frozen parameters so).
 
     Returns:
       ``(leaves, treedef)``.
     """
-    return optree.tree_flatten(tree, is_leaf=is_leaf, namespace=_NS)
+    return optree.tree_flatten(tree, is_leaf=is_leaf, none_is_leaf=none_is_leaf, namespace=_NS)
 
 
 def unflatten(treedef: Any, leaves_: list[Any]) -> PyTree:

@@ -90,3 +90,19 @@ def test_quick_run_writes_complete_json(tmp_path):
         mem = rows[name]["memory"]
         assert "error" not in mem, mem
         assert mem["peak_mb"] > 0 and mem["setup_mb"] > 0 and mem["increase_mb"] is not None
+
+
+def test_default_step_times_the_default_recipe():
+    """benchmarks/default_step.py: batches shaped like the recipe's buckets, and figures of a
+    short run of the default model."""
+    from benchmarks import default_step
+    from fctc.cli.config import default_config
+
+    config = default_config()
+    bs = default_step.batches(config)
+    assert len(bs) == 3 and bs[0].audio.shape == (9, 64, 320)
+    assert int(bs[0].audio_lengths.max()) == 320 and int(bs[0].audio_lengths.min()) >= 240
+    assert bs[0].targets.shape == (9, 40) and int(bs[0].target_lengths.max()) <= 40
+    out = default_step.time_steps(steps=1, warmup=0, jit=False)
+    assert out["params"] == 238428 and out["batch"] == [9, 64, 320]
+    assert out["median_ms"] > 0 and out["first_step_s"] > 0 and out["jit"] is False

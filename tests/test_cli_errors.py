@@ -76,6 +76,7 @@ VALUE_CASES = [
     ({"training": {"max_steps": 2.5}}, "training.max_steps", "an integer >= 1 or null"),
     ({"training": {"accumulate_batches": 0}}, "training.accumulate_batches", "an integer >= 1"),
     ({"training": {"precision": "fp64"}}, "training.precision", "one of fp32, bf16, fp16"),
+    ({"training": {"jit": "fast"}}, "training.jit", "true, false, step or reduce-overhead"),
     ({"schedule": {"warmup_fraction": 1.5}}, "schedule.warmup_fraction", "a number in [0, 1)"),
     ({"decoding": {"beam_size": 0}}, "decoding.beam_size", "an integer >= 1"),
     ({"seed": -1}, "seed", "an integer >= 0"),

@@ -168,6 +168,25 @@ def test_jit_compiled_draws_equal_eager():
 # ----------------------------------------------------------------------------- split / fold_in
 
 
+@given(
+    st.integers(0, 2**64 - 1),
+    st.one_of(st.integers(-(2**70), 2**70), st.integers(-(2**31), 2**31 - 1).map(torch.tensor)),
+    st.integers(1, 40),
+)
+def test_host_cipher_equals_tensor_cipher(seed, data, num):
+    """Eagerly on the CPU, split and fold_in run the cipher in Python ints: the same words."""
+    k = R.key(seed)
+    host_split, host_fold = R.split(k, num), R.fold_in(k, data)
+    original = R._host_key
+    R._host_key = lambda k: None  # the tensor cipher, as under tracing or on accelerators
+    try:
+        assert torch.equal(host_split, R.split(k, num))
+        assert torch.equal(host_fold, R.fold_in(k, data))
+    finally:
+        R._host_key = original
+    assert host_split.dtype == host_fold.dtype == torch.int64
+
+
 def test_split_shapes_and_distinctness():
     k = R.key(0)
     ks = R.split(k, 1000)

@@ -97,6 +97,17 @@ def _boolean() -> Rule:
     return Rule(check, "true or false")
 
 
+def _jit_mode() -> Rule:
+    """``make_train_step``'s jit modes: false, true, step or reduce-overhead."""
+
+    def check(v: Any) -> bool | str:
+        if not (isinstance(v, bool) or v in ("step", "reduce-overhead")):
+            raise ValueError
+        return v
+
+    return Rule(check, "true, false, step or reduce-overhead")
+
+
 def _text(nullable: bool = False) -> Rule:
     def check(v: Any) -> str:
         if not isinstance(v, str) or not v.strip():
@@ -164,7 +175,7 @@ RULES: dict[str, Rule] = {
     "training.max_steps": _integer(1, nullable=True),
     "training.accumulate_batches": _COUNT,
     "training.precision": _choice("fp32", "bf16", "fp16"),
-    "training.jit": _boolean(),
+    "training.jit": _jit_mode(),
     "training.donate": _boolean(),
     "training.log_every": _COUNT,
     "training.eval_every": _COUNT,

@@ -165,10 +165,13 @@ class Trainer:
         if self.parallel is not None:
             tx = self.parallel.transformation(tx)
             loss_fn = self.parallel.loss_fn(loss_fn or ctc_loss_fn(train_model, self.vocabulary.blank_idx))
+        if train_cfg["jit"] == "reduce-overhead" and self.device.type != "cuda":
+            raise ConfigError(f"training.jit reduce-overhead (CUDA graphs) needs a CUDA device, "
+                              f"not {self.device.type}; use true or step", key="training.jit")
         self.step_fn = make_train_step(
             train_model, tx, loss_fn, blank=self.vocabulary.blank_idx,
             precision=train_cfg["precision"],
-            jit=bool(train_cfg["jit"]), donate=bool(train_cfg["donate"]),
+            jit=train_cfg["jit"], donate=bool(train_cfg["donate"]),
         )
         self.eval_step = self._scorer(self.model, self.vocabulary, bool(train_cfg["jit"]))
 

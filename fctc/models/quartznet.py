@@ -24,7 +24,7 @@ import torch
 
 from .. import nn as _nn
 from .. import random as _random
-from ..nn.core import Model, check_lengths, check_rank
+from ..nn.core import Model, check_lengths, check_rank, lengths_follow
 
 __all__ = [
     "masked_conv1d",
@@ -132,11 +132,20 @@ def masked_conv1d(
         params, _ = conv.init(key)
         return {"conv": params}, {}
 
+    same = stride == 1 and 2 * padding - span == -1  # "same" padding: lengths unchanged
+
     def apply(params, state, x, lengths, *, train=False, key=None):
-        valid = _nn.lengths_to_mask(lengths, x.shape[-1])
-        x = x.masked_fill(~valid.unsqueeze(1), 0.0)
+        if not (isinstance(lengths, torch.Tensor) and lengths.dim() == 1):
+            _nn.lengths_to_mask(lengths, x.shape[-1])  # raises its error for such lengths
+        # lengths_to_mask's positions, compared the other way round: True on the padding.
+        positions = torch.arange(x.shape[-1], device=lengths.device)
+        x = x.masked_fill((positions >= lengths.to(torch.int64).unsqueeze(1)).unsqueeze(1), 0.0)
         y, _ = conv.apply(params["conv"], {}, x)
+        if same and not lengths.is_floating_point():
+            return (y, lengths), state  # the formula below gives the same integers back
         out_lengths = torch.div(lengths + (2 * padding - span), stride, rounding_mode="floor") + 1
+        # The same formula on the host: later length checks need not read the values back.
+        lengths_follow(out_lengths, lengths, lambda n: (n + 2 * padding - span) // stride + 1)
         return (y, out_lengths), state
 
     return Model(init, apply)

@@ -35,6 +35,8 @@ from .core import (
     Model as Model,
     check_rank as check_rank,
     check_lengths as check_lengths,
+    length_bounds as length_bounds,
+    lengths_follow as lengths_follow,
     check_params as check_params,
 )
 from .decoders import (

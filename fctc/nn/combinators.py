@@ -52,7 +52,14 @@ def _init_children(models: tuple[Model, ...], key: Any) -> tuple[dict, dict]:
     return params, state
 
 
+# The child keys of chains of up to 64 models (immutable: compiled code may read it).
+_CHILD_NAMES = tuple(frozenset(str(i) for i in range(n)) for n in range(65))
+
+
 def _children(tree: Any, n: int, what: str, name: str) -> dict:
+    names = _CHILD_NAMES[n] if n < len(_CHILD_NAMES) else frozenset(str(i) for i in range(n))
+    if type(tree) is dict and tree.keys() <= names:  # the common case, quickly
+        return tree
     if not isinstance(tree, dict):
         raise TypeError(f"{name}: {what} must be a dict, got {type(tree).__name__}")
     names = {str(i) for i in range(n)}

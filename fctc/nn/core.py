@@ -17,7 +17,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["Model", "check_rank", "check_lengths", "check_params"]
+from ..backend import checks_values, is_tracing
+
+__all__ = ["Model", "check_rank", "check_lengths", "length_bounds", "lengths_follow", "check_params"]
 
 
 class Model(NamedTuple):
@@ -59,16 +61,80 @@ def check_rank(x: Any, rank: int | tuple[int, ...], name: str, what: str = "x") 
     return x
 
 
-_LAST_CHECKED: list = [None, -1, -1]  # weakref to the lengths tensor, its version, its maximum
+# Host-side bounds of lengths tensors: id -> (weakref, version, lo, hi). A model nests many
+# layers that receive the same lengths (or lengths derived from them by a known formula), so
+# the values are read once per batch; the rest is bookkeeping on the host.
+_BOUNDS: dict[int, tuple[weakref.ref, int, Any, Any]] = {}
+_BOUNDS_MAX = 256
+
+
+def _known_bounds(lengths: torch.Tensor) -> tuple[Any, Any] | None:
+    entry = _BOUNDS.get(id(lengths))
+    if entry is None or entry[0]() is not lengths or entry[1] != lengths._version:
+        return None
+    return entry[2], entry[3]
+
+
+def _remember(lengths: torch.Tensor, lo: Any, hi: Any) -> None:
+    if len(_BOUNDS) >= _BOUNDS_MAX:
+        for k in [k for k, e in _BOUNDS.items() if e[0]() is None] or list(_BOUNDS)[: _BOUNDS_MAX // 2]:
+            del _BOUNDS[k]
+    _BOUNDS[id(lengths)] = (weakref.ref(lengths), lengths._version, lo, hi)
+
+
+def lengths_follow(new: torch.Tensor, old: torch.Tensor, fn: Callable[[int], int]) -> torch.Tensor:
+    """Record that ``new == fn(old)`` element by element, for a non-decreasing ``fn``.
+
+    When ``old``'s range is known on the host (it was checked by :func:`check_lengths`, or
+    follows from lengths that were), ``new``'s range is ``[fn(lo), fn(hi)]``, so checking
+    ``new`` later reads nothing back from the device. Integer lengths only; anything else is
+    left to be read when checked.
+
+    Args:
+        new: the derived lengths (e.g. a convolution's output lengths).
+        old: the lengths they were computed from.
+        fn: the same formula on Python ints, non-decreasing.
+
+    Returns:
+        ``new`` itself.
+    """
+    if not (old.dtype.is_floating_point or new.dtype.is_floating_point or is_tracing()):
+        bounds = _known_bounds(old)
+        if bounds is not None:
+            _remember(new, fn(bounds[0]), fn(bounds[1]))
+    return new
+
+
+def length_bounds(lengths: torch.Tensor) -> tuple[int, int]:
+    """The smallest and the largest of non-empty ``lengths``, as Python ints.
+
+    Read back once per tensor (one read for both, a device sync on accelerators) and
+    remembered while the tensor is alive and unmodified; lengths derived from known ones by
+    :func:`lengths_follow` are known without a read. Float lengths are truncated, as
+    :func:`~fctc.nn.lengths_to_mask` does.
+
+    Args:
+        lengths: a non-empty 1-D tensor.
+
+    Returns:
+        ``(lo, hi)``.
+    """
+    bounds = _known_bounds(lengths)
+    if bounds is None:
+        bounds = tuple(int(v) for v in torch.stack(torch.aminmax(lengths)).tolist())
+        _remember(lengths, *bounds)
+    return bounds
 
 
 def check_lengths(lengths: Any, x: torch.Tensor, name: str, time_dim: int = -1) -> torch.Tensor:
     """Validate per-example lengths against ``x``: a 1-D integer or float tensor of size B.
 
-    Values are checked against ``[0, x.shape[time_dim]]`` outside tracing only (the check
-    needs a host sync, which a compiled step must not pay). A model nests many layers that
-    receive the same lengths tensor, so the value check runs once per tensor: a tensor already
-    checked, and not modified in place since, is only compared with the new time dimension.
+    Values are checked against ``[0, x.shape[time_dim]]`` where :func:`fctc.backend.
+    checks_values` allows it: eagerly on the CPU by default, never under tracing, on
+    accelerators only when asked for (the check reads the values back, a host sync there).
+    They are read once per tensor: a tensor already checked (or whose range follows from
+    checked lengths, :func:`lengths_follow`), and not modified in place since, is only
+    compared with the new time dimension, on the host.
 
     Args:
         lengths: the lengths to check.
@@ -91,29 +157,17 @@ def check_lengths(lengths: Any, x: torch.Tensor, name: str, time_dim: int = -1) 
             f"{name}: lengths must have shape ({x.shape[0]},) to match the batch of x with shape "
             f"{tuple(x.shape)}, got {tuple(lengths.shape)}"
         )
-    from ..backend import is_tracing
-
-    if is_tracing() or not lengths.numel():
+    if not lengths.numel() or not checks_values([lengths]):
         return lengths
-    limit = x.shape[time_dim]
-    ref, version, hi = _LAST_CHECKED
-    if ref is not None and ref() is lengths and version == lengths._version:
-        if hi > limit:
-            raise ValueError(
-                f"{name}: lengths go up to {hi}, beyond the {limit} time steps of x "
-                f"(shape {tuple(x.shape)})"
-            )
-        return lengths
-    # One host synchronisation for both bounds (it is a device sync on accelerators).
-    lo, hi = (int(v) for v in torch.stack(torch.aminmax(lengths)).tolist())
+    lo, hi = length_bounds(lengths)
     if lo < 0:
         raise ValueError(f"{name}: lengths must be non-negative, got a minimum of {lo}")
+    limit = x.shape[time_dim]
     if hi > limit:
         raise ValueError(
             f"{name}: lengths go up to {hi}, beyond the {limit} time steps of x "
             f"(shape {tuple(x.shape)})"
         )
-    _LAST_CHECKED[:] = [weakref.ref(lengths), lengths._version, hi]
     return lengths
 
 
@@ -130,6 +184,9 @@ def check_params(params: Any, expected: dict[str, tuple[int, ...]], name: str) -
         ValueError: a name is missing or unexpected, or a shape differs (the message says
             which).
     """
+    if type(params) is dict and params.keys() == expected.keys():  # the common case, quickly
+        if all(params[k].shape == shape for k, shape in expected.items()):
+            return
     if not isinstance(params, dict):
         raise TypeError(f"{name}: params must be a dict, got {type(params).__name__}")
     missing = [k for k in expected if k not in params]

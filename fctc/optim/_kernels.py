@@ -26,6 +26,8 @@ of the parameters) and stays pure; only donated buffers are updated in place.
 from __future__ import annotations
 
 import functools
+import itertools
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -46,6 +48,8 @@ CPU_KERNELS = ("fused", "foreach", "split")
 
 _FUSED_ADAMW = torch._fused_adamw_ if hasattr(torch, "_fused_adamw_") else None  # torch >= 2.4 on CPU
 _FUSED_DTYPES = {torch.float32, torch.float64}
+_IS_CPU = operator.attrgetter("is_cpu")
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
 
 
 def check_cpu_kernel(cpu_kernel: str, where: str) -> str:
@@ -246,9 +250,9 @@ def _fused_applies(h: AdamHyper, gs, ms, vs, ps) -> bool:
         return False
     if any([x.dtype for x in lst] != dts for lst in lists[1:]):
         return False
-    if not all(x.is_cpu for lst in lists for x in lst):
+    if not all(map(_IS_CPU, itertools.chain(*lists))):
         return False
-    return not (torch.is_grad_enabled() and any(x.requires_grad for lst in lists for x in lst))
+    return not (torch.is_grad_enabled() and any(map(_REQUIRES_GRAD, itertools.chain(*lists))))
 
 
 def _adam_fused_kernel(h: AdamHyper, count, factor, apply: bool, donate: bool):
@@ -336,10 +340,14 @@ def _adam_fused_apply(gs, ms, vs, ps, keep, step, h: AdamHyper, grad_scale, dona
 
 
 def _copies(xs: list) -> list:
-    """Exact copies of the tensors (one foreach copy into fresh buffers)."""
-    out = [torch.empty_like(x) for x in xs]
-    torch._foreach_copy_(out, xs)
-    return out
+    """Fresh buffers holding the tensors' values, for the in-place kernel to work on.
+
+    One ``_foreach_mul`` by 1 (a single dispatch, where allocating and copying takes one per
+    leaf): ``x * 1 == x`` exactly, signed zeros and infinities included. Only a NaN may come
+    back as another NaN, and subnormals are flushed where the process flushes them (then the
+    kernel flushes them too): either way the kernel's results are the same as on exact copies.
+    """
+    return list(torch._foreach_mul(xs, 1.0))
 
 
 def _split_by_size(big_fn, small_fn, n_out, *lists):

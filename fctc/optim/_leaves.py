@@ -11,19 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import optree
 import torch
 
 from .. import backend as _backend
+from .. import tree as _tree
 
 Scalar = Any  # a Python number or a 0-d tensor
 
 NS = "fctc"
-
-
-def is_none(x: Any) -> bool:
-    """Whether ``x`` is None (an ``is_leaf`` that keeps None leaves of an update tree)."""
-    return x is None
 
 
 class Leaves:
@@ -36,7 +31,8 @@ class Leaves:
     __slots__ = ("treedef", "xs", "idx", "n")
 
     def __init__(self, updates: Any):
-        leaves, self.treedef = optree.tree_flatten(updates, is_leaf=is_none, namespace=NS)
+        # None leaves are kept as leaves (none_is_leaf: optree's own test, no Python callback).
+        leaves, self.treedef = _tree.flatten(updates, none_is_leaf=True)
         self.n = len(leaves)
         if any(x is None for x in leaves):
             self.idx = [i for i, x in enumerate(leaves) if x is not None]
@@ -69,7 +65,7 @@ class Leaves:
             for i, x in zip(self.idx, xs):
                 full[i] = x
             xs = full
-        return optree.tree_unflatten(self.treedef, list(xs))
+        return _tree.unflatten(self.treedef, list(xs))
 
 
 def on(x: Scalar, device: torch.device) -> Scalar:
@@ -157,13 +153,12 @@ def full_like(p: torch.Tensor, value: Scalar) -> torch.Tensor:
 
 def tree_zeros(params: Any, dtype: torch.dtype | None = None) -> Any:
     """Zeros shaped like every leaf of ``params`` (optimiser moments)."""
-    leaves, spec = optree.tree_flatten(params, namespace=NS)
-    return optree.tree_unflatten(spec, [torch.zeros_like(p, dtype=dtype) for p in leaves])
+    return _tree.map(lambda p: torch.zeros_like(p, dtype=dtype), params)
 
 
 def float_dtype(tree: Any, highest: bool) -> torch.dtype:
     """The widest (or narrowest) floating dtype among the leaves; float32 when there is none."""
-    dtypes = [x.dtype for x in optree.tree_leaves(tree, namespace=NS) if isinstance(x, torch.Tensor) and x.is_floating_point()]
+    dtypes = [x.dtype for x in _tree.leaves(tree) if isinstance(x, torch.Tensor) and x.is_floating_point()]
     if not dtypes:
         return torch.float32
     key = lambda d: torch.finfo(d).bits  # noqa: E731

@@ -84,7 +84,9 @@ class ScalingTransformation(NamedTuple):
 
     ``factor(updates, norm=None) -> GlobalScale | None`` is that factor (None for an empty
     tree); ``norm``, the global 2-norm of ``updates`` when the caller has it, spares computing
-    it again. ``update`` equals multiplying by ``factor(updates).factor``.
+    it again (and may spare reading ``updates`` at all: then an empty tree, whose norm is 0,
+    may get a factor instead of None). ``update`` equals multiplying by
+    ``factor(updates).factor``.
     """
 
     init: Callable[[Params], OptState]

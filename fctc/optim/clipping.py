@@ -90,7 +90,9 @@ def clip_by_global_norm(max_norm: Scalar, norm_type: float = 2.0) -> ScalingTran
 
     Returns:
       A :class:`~fctc.optim.ScalingTransformation` (empty state); its ``factor(updates,
-      norm=None)`` takes the global 2-norm of ``updates`` when the caller has it.
+      norm=None)`` takes the global 2-norm of ``updates`` when the caller has it (then the
+      updates are not read at all, and an empty tree, of norm 0, gets a factor of 1; without
+      a norm it gets None).
 
     Raises:
       TypeError: ``norm_type`` is a tensor or a bool.
@@ -109,6 +111,8 @@ def clip_by_global_norm(max_norm: Scalar, norm_type: float = 2.0) -> ScalingTran
         return GlobalScale(torch.where(norm < m, torch.ones_like(norm), m / norm), norm)
 
     def factor(updates, norm=None):
+        if norm is not None and p == 2.0:
+            return factor_of(None, norm)  # the caller's norm: no need to flatten the updates
         lv = Leaves(updates)
         return factor_of(lv.xs, norm) if lv.xs else None
 

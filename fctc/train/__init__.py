@@ -29,6 +29,7 @@ from .state import check_nonfinite as check_nonfinite
 from .state import init_train_state as init_train_state
 from .state import observe as observe
 
+from .step import JIT_MODES as JIT_MODES
 from .step import PRECISIONS as PRECISIONS
 from .step import TrainStep as TrainStep
 from .step import autocast as autocast

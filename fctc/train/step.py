@@ -28,7 +28,7 @@ from .routing import Labels, group_params, merge_groups
 from .state import TrainState, init_train_state, observe
 from .stats import STATS_PREFIX, WeightedMean
 
-__all__ = ["ctc_loss_fn", "make_train_step", "TrainStep", "PRECISIONS", "autocast"]
+__all__ = ["ctc_loss_fn", "make_train_step", "TrainStep", "PRECISIONS", "JIT_MODES", "autocast"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -105,6 +105,8 @@ def _micro_batches(batch: Any, k: int) -> list[tuple[Any, float]]:
     if size < 1:
         raise ValueError("train_step: the batch is empty")
     k = min(k, size)
+    if k == 1:
+        return [(batch, 1.0)]  # the whole batch (equal to batch[0:size], without the slicing)
     bounds = [round(i * size / k) for i in range(k + 1)]
     return [
         (_tree.map(lambda x, a=a, b=b: x[a:b], batch), (b - a) / size)
@@ -116,6 +118,38 @@ def _wrote_in_place(new: Any, old: Any) -> bool:
     """Whether a donated update reused the old parameter tensors (it does not when its input
     was non-finite: then the old values are intact and the step can be skipped)."""
     return any(x is y for x, y in zip(_tree.leaves(new), _tree.leaves(old)))
+
+
+JIT_MODES = (False, True, "step", "reduce-overhead")
+"""The values of ``make_train_step(jit=...)``."""
+
+
+def _check_jit(jit: Any) -> bool | str:
+    """``jit`` when it is one of :data:`JIT_MODES`, else a ValueError naming the choices."""
+    if not any(jit is m or (isinstance(m, str) and jit == m) for m in JIT_MODES):
+        raise ValueError(f"make_train_step: jit must be one of {JIT_MODES}, got {jit!r}")
+    return jit
+
+
+def _compiled_step(step: Callable, jit: bool | str) -> Callable:
+    """The step as it runs: eager (``jit`` False or True: then only the loss is compiled), or
+    compiled whole over the flat leaves of state and batch (the batch's sizes dynamic), or
+    with CUDA graphs (static sizes)."""
+    if jit == "step":
+        return backend.jit_trees(step, dynamic=(1,))
+    if jit == "reduce-overhead":
+        return backend.jit_trees(step, mode="reduce-overhead")
+    return step
+
+
+def _check_cuda_graphs(state: TrainState) -> None:
+    """CUDA graphs record CUDA work only: a clear error for a state elsewhere."""
+    device = _tree.device_of(state.params)
+    if device.type != "cuda":
+        raise ValueError(
+            f"train_step: jit='reduce-overhead' records the step as a CUDA graph, which needs the "
+            f"state on a CUDA device; it is on {device.type}: use jit=True (or jit='step') there"
+        )
 
 
 def _extra_args(state: TrainState) -> dict[str, torch.Tensor]:
@@ -139,7 +173,7 @@ class TrainStep:
         precision: str,
         param_labels: Any,
         loss_scale: DynamicLossScale | None,
-        jit: bool,
+        jit: bool | str,
         donate: bool = False,
         log_only: Any = (),
         skip_nonfinite: bool = True,
@@ -153,10 +187,13 @@ class TrainStep:
         self.loss_scale = loss_scale
         self.routed = isinstance(tx, dict)
         self.routing = Labels(param_labels, tx) if self.routed else None
-        self.donate = donate
+        self.jit = _check_jit(jit)
+        if self.jit is True:  # the loss and its gradient compiled; the update stays eager
+            self.loss_fn = backend.jit_trees(loss_fn, dynamic=(2,))
+        self.donate = donate and not self.jit  # compiled code plans its own buffers
         self.rules = LossRules(tuple(tx) if self.routed else None, log_only)
         self.skip_nonfinite = skip_nonfinite
-        self._compiled = backend.jit(self._step, enabled=jit)
+        self._compiled = _compiled_step(self._step, self.jit)
 
     def init_state(self, key: torch.Tensor, **kwargs: Any) -> TrainState:
         """A fresh :class:`TrainState` for this step (see :func:`fctc.train.init_train_state`).
@@ -198,6 +235,8 @@ class TrainStep:
                 "train_step: fp16 training needs a loss-scale state; build the state with "
                 "step.init_state(key) or init_train_state(..., loss_scale=step.loss_scale)"
             )
+        if self.jit == "reduce-overhead":
+            _check_cuda_graphs(state)
         return self._compiled(state, batch)
 
     # -- the pure step -------------------------------------------------------------------
@@ -372,7 +411,7 @@ def make_train_step(
     precision: str = "fp32",
     param_labels: Any = None,
     loss_scale: DynamicLossScale | None = None,
-    jit: bool = False,
+    jit: bool | str = False,
     donate: bool = False,
     log_only: Any = (),
     skip_nonfinite: bool = True,
@@ -401,7 +440,17 @@ def make_train_step(
         the loss is scaled, gradients unscaled before the transformation chain, so before
         clipping, and a step with non-finite gradients is skipped, as GradScaler does).
       loss_scale: the :func:`fctc.optim.dynamic_loss_scale` for fp16 (default: GradScaler's).
-      jit: compile the whole step with ``torch.compile`` (``fctc.backend.jit``).
+      jit: compile with ``torch.compile`` (:func:`fctc.backend.jit_trees`: the compiled code
+        guards the tensors only; Python values the loss function and model read are constants
+        of it, as with ``jax.jit``). ``True``: the loss and its gradient (forward and backward
+        in the compiled graphs ``torch.compile`` makes of a module; the update, one fused
+        kernel per group on the CPU, stays eager), which compiles in seconds. ``"step"``: the
+        whole step as one graph, the optimiser included (minutes to compile on a CPU; the
+        fastest steps on accelerators). Both compile the batch's sizes as dynamic, so batches
+        of other lengths, widths or sizes reuse the compiled code (batches of one utterance or
+        one label are compiled once more: torch specialises sizes 1). ``"reduce-overhead"``:
+        the whole step recorded as a CUDA graph (CUDA only; fixed batch shapes, e.g. padded
+        to a few bucket lengths with ``pad_to_multiple``).
       donate: let each eager step reuse the incoming state's parameter and optimiser-state
         buffers for the new state (:func:`fctc.optim.update_and_apply` with ``donate=True``,
         JAX's ``donate_argnums``): no second copy of them is allocated, and AdamW on the CPU
@@ -409,7 +458,7 @@ def make_train_step(
         call returns; the one passed in may have been overwritten (save checkpoints from
         returned states). Non-finite batches are still skipped with the old values intact.
         It costs one host read of the step's finiteness flag (a synchronisation on
-        accelerators) and has no effect with ``jit=True``, where the compiler plans buffers.
+        accelerators) and has no effect with any ``jit``, where the compiler plans buffers.
       log_only: names of losses in ``loss_fn``'s dict that are logged (``loss/<name>``) and
         never optimised (speechain's losses dict). With one transformation, all but one name
         must be listed; the one left is optimised (speechain's ``optim_loss``).
@@ -437,8 +486,8 @@ def make_train_step(
       The :class:`TrainStep`.
 
     Raises:
-      ValueError: a bad precision or ``accum_steps``, no ``blank`` for the default loss,
-        ``param_labels`` / ``loss_scale`` that do not fit ``tx`` / ``precision``, or a
+      ValueError: a bad precision, ``accum_steps`` or ``jit``, no ``blank`` for the default
+        loss, ``param_labels`` / ``loss_scale`` that do not fit ``tx`` / ``precision``, or a
         ``log_only`` name that is also a group.
     """
     if precision not in PRECISIONS:
