@@ -35,7 +35,7 @@ def batches(config: dict, n: int = 3, seconds: float = 3.2) -> list[Batch]:
         seconds: the longest utterance; the others are 0.75 to 1 times as long.
 
     Returns:
-        ``n`` batches of ``max_batch_seconds // seconds`` utterances (9 by default), with
+        ``n`` batches of ``max_batch_seconds // seconds`` utterances (4 by default), with
         targets of 25 to 40 characters.
     """
     size = max(1, int(config["data"]["max_batch_seconds"] // seconds))
