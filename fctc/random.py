@@ -22,6 +22,7 @@ stays in tensor operations.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 
 import torch
@@ -117,9 +118,7 @@ def _threefry2x32(k: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor):
 
     ``k`` is a key (int64 words); ``x0``/``x1`` and the results are int32 words.
     """
-    kw = _to_int32(k)
-    k0, k1 = kw[0], kw[1]
-    ks = (k0, k1, k0 ^ k1 ^ _PARITY)  # the parity constant fits in int32 as it is
+    ks = _key_schedule(k)
     x0 = x0 + ks[0]
     x1 = x1 + ks[1]
     if x0.numel() >= _IN_PLACE_MIN and _eager(x0, x1):
@@ -131,6 +130,13 @@ def _threefry2x32(k: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor):
         x0 = x0 + ks[(i + 1) % 3]
         x1 = x1 + (ks[(i + 2) % 3] + (i + 1))
     return x0, x1
+
+
+def _key_schedule(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A key's two int32 words and their parity word, the cipher's three round keys."""
+    kw = _to_int32(k)
+    k0, k1 = kw[0], kw[1]
+    return k0, k1, k0 ^ k1 ^ _PARITY  # the parity constant fits in int32 as it is
 
 
 #: From this many blocks on, eager ciphers run in place (a third of the time on 2**20 blocks).
@@ -261,6 +267,16 @@ def _shape(shape: int | Sequence[int]) -> tuple[int, ...]:
 def _bits32(k: torch.Tensor, total: int) -> torch.Tensor:
     """``total`` random 32-bit words as a flat int32 tensor."""
     half = (total + 1) // 2
+    if half >= _IN_PLACE_MIN and _eager(k):
+        # Both words of every block in one buffer, ciphered in place: no concatenation.
+        words = torch.empty((2, half), dtype=torch.int32, device=k.device)
+        ks = _key_schedule(k)
+        words[0].fill_(_SAMPLE_DOMAIN)
+        words[0] += ks[0]
+        torch.arange(half, out=words[1])
+        words[1] += ks[1]
+        _rounds_in_place(ks, words[0], words[1])
+        return words.view(-1)[:total]
     lo = torch.arange(half, dtype=torch.int32, device=k.device)
     hi = torch.full_like(lo, _SAMPLE_DOMAIN)
     y0, y1 = _threefry2x32(k, hi, lo)
@@ -407,7 +423,29 @@ def bernoulli(
         shape = tuple(p.shape) if isinstance(p, torch.Tensor) else ()
     if isinstance(p, (int, float)) and not 0.0 <= p <= 1.0:
         raise ValueError(f"random.bernoulli: p must lie in [0, 1], got {p}")
-    return uniform(k, shape) < p
+    if isinstance(p, torch.Tensor):
+        return uniform(k, shape) < p
+    return _below(_bits32(k, _numel(_shape(shape))), _word_threshold(p)).reshape(_shape(shape))
+
+
+def _word_threshold(p: float) -> int:
+    """The unsigned word bound ``t`` with ``uniform < p`` exactly when ``word < t``.
+
+    ``uniform`` keeps a word's top 23 bits ``b`` as ``b * 2**-23``, and torch compares a
+    float32 tensor with a number rounded to float32: ``b * 2**-23 < f32(p)`` holds exactly
+    when ``b < ceil(f32(p) * 2**23)``, that is when the whole word is below that bound times
+    ``2**9``.
+    """
+    p32 = struct.unpack("f", struct.pack("f", p))[0]
+    return math.ceil(p32 * 2**23) << 9
+
+
+def _below(words: torch.Tensor, bound: int) -> torch.Tensor:
+    """Whether each int32-held word, read unsigned, is below ``bound`` in ``[0, 2**32]``:
+    flipping the sign bit maps unsigned order onto int32's signed order."""
+    if bound >= 2**32:
+        return torch.ones_like(words, dtype=torch.bool)
+    return (words ^ -(2**31)) < bound - 2**31
 
 
 def randint(

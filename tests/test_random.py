@@ -369,6 +369,25 @@ def test_bernoulli_rate(p):
     assert abs(rate - p) <= Z * math.sqrt(p * (1 - p) / n)
 
 
+# Probabilities on and next to the float32 grid of 2**-23, the grid of uniform's values.
+_EDGE_PS = (0.0, 1.0, 0.5, 0.1, 0.9, 2.0**-23, 1.0 - 2.0**-24, 0.3 + 2.0**-30, 1e-9, 0.999999999)
+
+
+@given(ft.keys(), st.sampled_from(_EDGE_PS) | st.floats(0.0, 1.0), st.integers(1, 9000))
+def test_bernoulli_number_p_is_uniform_below_p_bit_for_bit(k, p, n):
+    """A number p takes an integer threshold on the words (no float pass): the same samples
+    as comparing uniform's floats with p, rounded to float32 as torch rounds the scalar."""
+    assert torch.equal(R.bernoulli(k, p, (n,)), R.uniform(k, (n,)) < p)
+
+
+def test_bernoulli_number_p_is_the_same_under_vmap_and_compile():
+    ks = R.split(R.key(3), 4)
+    eager = torch.stack([R.bernoulli(k, 0.9, (5000,)) for k in ks])
+    assert torch.equal(torch.vmap(lambda k: R.bernoulli(k, 0.9, (5000,)), randomness="same")(ks), eager)
+    compiled = torch.compile(lambda k: R.bernoulli(k, 0.9, (5000,)), fullgraph=True, backend="eager")
+    assert torch.equal(compiled(ks[0]), eager[0])
+
+
 def test_bernoulli_tensor_p_and_errors():
     p = torch.tensor([0.0, 0.25, 1.0])
     b = R.bernoulli(R.key(2), p.expand(8000, 3).contiguous())
