@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -402,30 +403,66 @@ def normal(
 
 
 def bernoulli(
-    k: torch.Tensor, p: float | torch.Tensor = 0.5, shape: int | Sequence[int] | None = None
+    k: torch.Tensor,
+    p: float | torch.Tensor = 0.5,
+    shape: int | Sequence[int] | None = None,
+    *,
+    word_bits: int = 32,
 ) -> torch.Tensor:
     """Boolean samples, True with probability ``p``.
 
+    With ``word_bits=32`` each sample takes one random word and is exactly
+    ``uniform(k, shape) < p`` (``p`` resolved to ``2**-23``). With ``word_bits=16`` each word
+    gives two samples, its low then its high 16 bits, True below ``ceil(p * 2**16)``: ``p`` is
+    rounded up to a multiple of ``2**-16`` and the cipher does half the work, which is what
+    large masks such as dropout's want.
+
     Args:
         k: a key.
-        p: the probability, a number in ``[0, 1]`` or a tensor of them.
+        p: the probability, a number in ``[0, 1]`` or (with 32-bit words) a tensor of them.
         shape: the output shape (default: ``p``'s shape).
+        word_bits: bits of a random word per sample, 32 or 16.
 
     Returns:
         A bool tensor.
 
     Raises:
         TypeError: ``k`` is not a key.
-        ValueError: a number ``p`` outside ``[0, 1]``.
+        ValueError: a number ``p`` outside ``[0, 1]``, ``word_bits`` not 32 or 16, or a tensor
+            ``p`` with 16-bit samples.
     """
     _check_key(k, "bernoulli")
+    if word_bits not in (32, 16):
+        raise ValueError(f"random.bernoulli: word_bits must be 32 or 16, got {word_bits!r}")
     if shape is None:
         shape = tuple(p.shape) if isinstance(p, torch.Tensor) else ()
     if isinstance(p, (int, float)) and not 0.0 <= p <= 1.0:
         raise ValueError(f"random.bernoulli: p must lie in [0, 1], got {p}")
+    shape = _shape(shape)
     if isinstance(p, torch.Tensor):
+        if word_bits == 16:
+            raise ValueError("random.bernoulli: word_bits=16 needs a number p; use 32 for a tensor p")
         return uniform(k, shape) < p
-    return _below(_bits32(k, _numel(_shape(shape))), _word_threshold(p)).reshape(_shape(shape))
+    n = _numel(shape)
+    if word_bits == 16:
+        return _halves_below(_bits32(k, (n + 1) // 2), math.ceil(p * 2**16))[:n].reshape(shape)
+    return _below(_bits32(k, n), _word_threshold(p)).reshape(shape)
+
+
+def _halves_below(words: torch.Tensor, bound: int) -> torch.Tensor:
+    """Whether each 16-bit half of int32-held words, read unsigned, is below ``bound`` in
+    ``[0, 2**16]``: the low half of each word, then its high half."""
+    if bound >= 2**16:
+        return torch.ones(2 * words.numel(), dtype=torch.bool, device=words.device)
+    if _LITTLE_ENDIAN and _eager(words) and words.is_contiguous():
+        # Each word's halves as int16, low first; flipping the sign bit orders them unsigned.
+        halves = words.view(torch.int16) ^ -(2**15)
+    else:
+        halves = torch.stack([words & 0xFFFF, (words >> 16) & 0xFFFF], dim=-1).reshape(-1) - 2**15
+    return halves < bound - 2**15
+
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def _word_threshold(p: float) -> int:

@@ -388,6 +388,42 @@ def test_bernoulli_number_p_is_the_same_under_vmap_and_compile():
     assert torch.equal(compiled(ks[0]), eager[0])
 
 
+def _bernoulli16_reference(k, p, n):
+    """Two samples per random word, written out: sample i reads half i % 2 (low 16 bits first)
+    of word i // 2, True below ceil(p * 2**16)."""
+    words = R.bits(k, ((n + 1) // 2,)).tolist()
+    halves = [h for w in words for h in (w & 0xFFFF, w >> 16)][:n]
+    return torch.tensor([h < math.ceil(p * 2**16) for h in halves], dtype=torch.bool)
+
+
+@given(ft.keys(), st.sampled_from(_EDGE_PS) | st.floats(0.0, 1.0), st.integers(1, 9000))
+def test_bernoulli_from_16_bit_halves_follows_its_formula(k, p, n):
+    assert torch.equal(R.bernoulli(k, p, (n,), word_bits=16), _bernoulli16_reference(k, p, n))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_bernoulli_16_bit_rate(p):
+    n = 20000
+    rate = float(R.bernoulli(R.key(7), p, (n,), word_bits=16).double().mean())
+    assert abs(rate - p) <= Z * math.sqrt(p * (1 - p) / n)
+
+
+def test_bernoulli_16_bit_is_the_same_under_vmap_and_compile():
+    ks = R.split(R.key(4), 3)
+    n = 4 * R._IN_PLACE_MIN + 3  # the eager in-place cipher, and an odd count
+    eager = torch.stack([R.bernoulli(k, 0.9, (n,), word_bits=16) for k in ks])
+    assert torch.equal(torch.func.vmap(lambda k: R.bernoulli(k, 0.9, (n,), word_bits=16))(ks), eager)
+    compiled = torch.compile(lambda k: R.bernoulli(k, 0.9, (n,), word_bits=16), fullgraph=True, backend="eager")
+    assert torch.equal(compiled(ks[0]), eager[0])
+
+
+def test_bernoulli_word_bits_errors():
+    with pytest.raises(ValueError, match="word_bits must be 32 or 16, got 8"):
+        R.bernoulli(R.key(0), 0.5, (3,), word_bits=8)
+    with pytest.raises(ValueError, match="word_bits=16 needs a number p"):
+        R.bernoulli(R.key(0), torch.tensor([0.5]), word_bits=16)
+
+
 def test_bernoulli_tensor_p_and_errors():
     p = torch.tensor([0.0, 0.25, 1.0])
     b = R.bernoulli(R.key(2), p.expand(8000, 3).contiguous())

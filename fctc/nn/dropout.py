@@ -1,7 +1,9 @@
 """Dropout, ``torch.nn.Dropout`` as a pure model whose randomness comes from an explicit key.
 
-The mask is drawn with :func:`fctc.random.bernoulli`, so the same key drops the same elements
-eagerly, compiled and after a resume; the scaling is torch's (inverted dropout).
+The mask is drawn with :func:`fctc.random.bernoulli` from 16-bit halves of random words (two
+elements per word, the keep probability rounded up to a multiple of ``2**-16``: half the
+cipher work of whole words), so the same key drops the same elements eagerly, compiled and
+after a resume; the scaling is torch's (inverted dropout).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def dropout(p: float = 0.5) -> Model:
             )
         if p == 1.0:
             return x * torch.zeros((), dtype=x.dtype, device=x.device), state
-        keep = _random.bernoulli(key.to(x.device), 1.0 - p, tuple(x.shape))
+        keep = _random.bernoulli(key.to(x.device), 1.0 - p, tuple(x.shape), word_bits=16)
         return x * (keep.to(x.dtype) * (1.0 / (1.0 - p))), state
 
     return Model(init, apply)
