@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import struct
-import sys
 from collections.abc import Sequence
 
 import torch
@@ -150,16 +149,35 @@ def _eager(*xs: torch.Tensor) -> bool:
     return not is_tracing() and all(type(x) is torch.Tensor and not x.requires_grad for x in xs)
 
 
+def _rotation_operands(device: torch.device) -> dict[int, tuple[torch.Tensor, ...]]:
+    """Per rotation ``r``: ``r``, ``32 - r`` and the low-``r``-bit mask as 0-d int32 tensors on
+    ``device``, made once: a Python-int operand costs a scalar tensor and a cast per operation,
+    which on the in-place rounds' mid-sized words is about half their time."""
+    ops = _ROTATION_OPERANDS.get(device)
+    if ops is None:
+        ops = {
+            r: tuple(torch.tensor(v, dtype=torch.int32, device=device) for v in (r, 32 - r, (1 << r) - 1))
+            for r in set(_ROTATIONS[0] + _ROTATIONS[1])
+        }
+        _ROTATION_OPERANDS[device] = ops
+    return ops
+
+
+_ROTATION_OPERANDS: dict[torch.device, dict[int, tuple[torch.Tensor, ...]]] = {}
+
+
 def _rounds_in_place(ks: tuple, x0: torch.Tensor, x1: torch.Tensor):
     """The 20 rounds of :func:`_threefry2x32` after the first key injection, updating the
     fresh ``x0``/``x1`` in place: the same words, without a new tensor per operation."""
     t = torch.empty_like(x1)
+    ops = _rotation_operands(x1.device)
     for i in range(5):
         for r in _ROTATIONS[i % 2]:
+            left, right, low = ops[r]
             x0 += x1
-            torch.bitwise_right_shift(x1, 32 - r, out=t)
-            t &= (1 << r) - 1  # the logical shift's bits (int32 shifts right are arithmetic)
-            x1 <<= r
+            torch.bitwise_right_shift(x1, right, out=t)
+            t &= low  # the logical shift's bits (int32 shifts right are arithmetic)
+            x1 <<= left
             x1 |= t
             x1 ^= x0
         x0 += ks[(i + 1) % 3]
@@ -454,15 +472,9 @@ def _halves_below(words: torch.Tensor, bound: int) -> torch.Tensor:
     ``[0, 2**16]``: the low half of each word, then its high half."""
     if bound >= 2**16:
         return torch.ones(2 * words.numel(), dtype=torch.bool, device=words.device)
-    if _LITTLE_ENDIAN and _eager(words) and words.is_contiguous():
-        # Each word's halves as int16, low first; flipping the sign bit orders them unsigned.
-        halves = words.view(torch.int16) ^ -(2**15)
-    else:
-        halves = torch.stack([words & 0xFFFF, (words >> 16) & 0xFFFF], dim=-1).reshape(-1) - 2**15
-    return halves < bound - 2**15
-
-
-_LITTLE_ENDIAN = sys.byteorder == "little"
+    low = (words & 0xFFFF) < bound
+    high = ((words >> 16) & 0xFFFF) < bound  # masked: int32 shifts right are arithmetic
+    return torch.stack([low, high], dim=-1).reshape(-1)
 
 
 def _word_threshold(p: float) -> int:
