@@ -19,6 +19,8 @@ __all__ = ["dropout"]
 def dropout(p: float = 0.5) -> Model:
     """Zero each element with probability ``p`` and scale the rest by ``1 / (1 - p)``.
 
+    The keep probability ``1 - p`` is drawn to 16 bits: rounded up to a multiple of ``2**-16``.
+
     Identity when ``train=False`` or ``p == 0``. In training it needs ``key`` (the same key
     always drops the same elements, so a step can be replayed exactly); ``p == 1`` zeroes
     everything, as torch does. No params, no state.
