@@ -107,3 +107,16 @@ def test_default_step_times_the_default_recipe():
     out = default_step.time_steps(steps=1, warmup=0, jit=False)
     assert out["params"] == 238428 and out["batch"] == [size, 64, 320]
     assert out["median_ms"] > 0 and out["first_step_s"] > 0 and out["jit"] is False
+
+
+def test_dropout_masks_times_every_variant():
+    """benchmarks/dropout_masks.py: each way of drawing a mask gets a positive median, and
+    the variants draw masks of the asked shape."""
+    from benchmarks import dropout_masks
+    from fctc import random
+
+    fns = dropout_masks.variants((3, 4, 5), 0.85)
+    assert set(fns) == {"uniform < p", "bernoulli", "bernoulli word_bits=16"}
+    assert all(fn(random.key(1)).shape == (3, 4, 5) for fn in fns.values())
+    ms = dropout_masks.time_variants((3, 4, 5), 0.85, rounds=2, per_round=1)
+    assert set(ms) == set(fns) and all(v > 0 for v in ms.values())
