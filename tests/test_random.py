@@ -380,14 +380,6 @@ def test_bernoulli_number_p_is_uniform_below_p_bit_for_bit(k, p, n):
     assert torch.equal(R.bernoulli(k, p, (n,)), R.uniform(k, (n,)) < p)
 
 
-def test_bernoulli_number_p_is_the_same_under_vmap_and_compile():
-    ks = R.split(R.key(3), 4)
-    eager = torch.stack([R.bernoulli(k, 0.9, (5000,)) for k in ks])
-    assert torch.equal(torch.vmap(lambda k: R.bernoulli(k, 0.9, (5000,)), randomness="same")(ks), eager)
-    compiled = torch.compile(lambda k: R.bernoulli(k, 0.9, (5000,)), fullgraph=True, backend="eager")
-    assert torch.equal(compiled(ks[0]), eager[0])
-
-
 def _bernoulli16_reference(k, p, n):
     """Two samples per random word, written out: sample i reads half i % 2 (low 16 bits first)
     of word i // 2, True below ceil(p * 2**16)."""
@@ -408,13 +400,17 @@ def test_bernoulli_16_bit_rate(p):
     assert abs(rate - p) <= Z * math.sqrt(p * (1 - p) / n)
 
 
-def test_bernoulli_16_bit_is_the_same_under_vmap_and_compile():
+@pytest.mark.parametrize("word_bits", [32, 16])
+def test_bernoulli_number_p_is_the_same_under_vmap_and_compile(word_bits):
     ks = R.split(R.key(4), 3)
     n = 4 * R._IN_PLACE_MIN + 3  # the eager in-place cipher, and an odd count
-    eager = torch.stack([R.bernoulli(k, 0.9, (n,), word_bits=16) for k in ks])
-    assert torch.equal(torch.func.vmap(lambda k: R.bernoulli(k, 0.9, (n,), word_bits=16))(ks), eager)
-    compiled = torch.compile(lambda k: R.bernoulli(k, 0.9, (n,), word_bits=16), fullgraph=True, backend="eager")
-    assert torch.equal(compiled(ks[0]), eager[0])
+
+    def draw(k):
+        return R.bernoulli(k, 0.9, (n,), word_bits=word_bits)
+
+    eager = torch.stack([draw(k) for k in ks])
+    assert torch.equal(torch.func.vmap(draw)(ks), eager)
+    assert torch.equal(torch.compile(draw, fullgraph=True, backend="eager")(ks[0]), eager[0])
 
 
 def test_bernoulli_word_bits_errors():
