@@ -1,6 +1,6 @@
 """Issue 15 item 11: ``fctc train`` under ``torchrun``, two gloo processes on the CPU.
 
-The two-process run (interrupted by its length at step 10, then resumed to 20) must equal one
+The two-process run (interrupted by its length at step 4, then resumed to 8) must equal one
 process on the same global batches split into the same two shards (the one-process run uses
 ``make_train_step(..., accum_steps=2)``, whose micro-batches are the ranks' shards): the same
 parameters and optimiser state within the rounding of the all-reduce, bit-equal integer state,
@@ -27,7 +27,9 @@ from cli_helpers import TINY, deep_update, run_cli, tensors, train_rows, write_c
 CONFIG = deep_update(TINY, {
     "data": {"test": None},
     "schedule": {"name": "constant"},  # the length changes at the resume; the lr does not
-    "training": {"max_steps": 20, "log_every": 5, "eval_every": 100, "checkpoint_every": 100},
+    # 8 steps: rounding differences (the all-reduce's, a kernel's) grow with the steps, and
+    # over 20 a ReLU input near zero can flip and move the state well past rounding.
+    "training": {"max_steps": 8, "log_every": 2, "eval_every": 100, "checkpoint_every": 100},
 })
 
 
@@ -44,10 +46,12 @@ def torchrun(*argv: str, cwd) -> subprocess.CompletedProcess:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("parallel")
     path = write_config(root / "c.yaml", CONFIG)
-    sizes = {len(b) for e in range(10) for b in TrainingData(load_config(path)).plan(e)}
-    assert any(n % 2 for n in sizes), "the plan should hold batches of odd sizes"
-    first = torchrun("--config", str(path), "--out", "dp", "--max-steps", "10", cwd=root)
-    resumed = torchrun("--resume", "dp", "--max-steps", "20", cwd=root)
+    steps = CONFIG["training"]["max_steps"]
+    sizes = [len(b) for e in range(10) for b in TrainingData(load_config(path)).plan(e)][:steps]
+    assert any(n % 2 for n in sizes), "the run should hold batches of odd sizes"
+    assert 1 in sizes, "the run should hold a batch that leaves a rank without rows"
+    first = torchrun("--config", str(path), "--out", "dp", "--max-steps", "4", cwd=root)
+    resumed = torchrun("--resume", "dp", "--max-steps", "8", cwd=root)
     mp = pytest.MonkeyPatch()
     original = fctc.cli.train.make_train_step
 
@@ -66,7 +70,7 @@ def runs(tmp_path_factory):
 def test_two_processes_equal_one_on_the_same_global_batches(runs):
     root, _, _ = runs
     data = TrainingData(load_config(root / "c.yaml"))
-    batches = [b for e in range(10) for b in data.plan(e)][:20]
+    batches = [b for e in range(10) for b in data.plan(e)][:8]
     micro = sum(min(2, len(b)) for b in batches)  # a one-utterance batch is one micro-batch
     dp, one = tensors(root / "dp" / "last", "train_state.safetensors"), tensors(
         root / "one" / "last", "train_state.safetensors")
@@ -74,7 +78,7 @@ def test_two_processes_equal_one_on_the_same_global_batches(runs):
     for name, x in dp.items():
         y = one[name]
         if name.startswith("model_state.") and name.endswith("num_batches_tracked"):
-            assert int(x) == 20 and int(y) == micro  # one update per step; per micro-batch
+            assert int(x) == 8 and int(y) == micro  # one update per step; per micro-batch
         elif name.startswith("model_state."):
             assert torch.isfinite(x).all()
         elif x.is_floating_point():
@@ -82,10 +86,10 @@ def test_two_processes_equal_one_on_the_same_global_batches(runs):
         else:
             assert torch.equal(x, y), name
     rows = train_rows(root / "dp")
-    assert [r["step"] for r in rows if r["kind"] == "validation"] == ["10", "20"]  # two ends
+    assert [r["step"] for r in rows if r["kind"] == "validation"] == ["4", "8"]  # two ends
     a = [(r["step"], float(r["loss"])) for r in rows if r["kind"] == "train"]
     b = [(r["step"], float(r["loss"])) for r in train_rows(root / "one") if r["kind"] == "train"]
-    assert [s for s, _ in a] == [s for s, _ in b] == ["5", "10", "15", "20"]
+    assert [s for s, _ in a] == [s for s, _ in b] == ["2", "4", "6", "8"]
     assert [x for _, x in a] == pytest.approx([y for _, y in b], rel=1e-4)
 
 
@@ -93,7 +97,7 @@ def test_rank_zero_alone_writes(runs):
     root, first, resumed = runs
     assert sorted(p.name for p in root.iterdir()) == ["c.yaml", "dp", "one"]
     assert first.stderr.count("training quartznet") == 1 and "2 processes" in first.stderr
-    assert resumed.stderr.count("resuming at step 10") == 1
+    assert resumed.stderr.count("resuming at step 4") == 1
     assert first.stdout == resumed.stdout == ""  # no test split: no result line
     assert (root / "dp" / "best" / "model.safetensors").is_file()
 

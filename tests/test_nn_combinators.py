@@ -132,9 +132,13 @@ def test_sequential_masked_parity_with_thunder(train):
     torch.testing.assert_close(y, ref.detach(), **exact)
     assert torch.equal(out_lengths, ref_lengths)
     torch.testing.assert_close(gx, xr.grad, **exact)
-    torch.testing.assert_close(
-        tree.flatten_dict(gp), {k: p.grad for k, p in module.named_parameters()}, **exact
-    )
+    # The depthwise convolution's weight and bias gradients are sums over batch and time that
+    # fctc.nn.depthwise takes in another order than oneDNN: equal to rounding, not bit for bit.
+    depthwise = {"2.layer.0.weight", "2.layer.0.bias"}
+    for name, p in module.named_parameters():
+        tol = {"rtol": 1e-5, "atol": 1e-5} if name in depthwise else exact
+        got = tree.flatten_dict(gp)[name]
+        torch.testing.assert_close(got, p.grad, **tol, msg=lambda m, n=name: f"{n}: {m}")
     torch.testing.assert_close(tree.flatten_dict(new_state), dict(module.named_buffers()), **exact)
     assert tree.structure(new_state) == tree.structure(state)
 

@@ -1,0 +1,133 @@
+"""A depthwise 1-D convolution for the CPU, as a sum of shifted products.
+
+On the CPU, ``F.conv1d`` with ``groups == in_channels`` (QuartzNet's and Citrinet's separable
+convolutions) goes through a general oneDNN path that is several times slower than the
+arithmetic needs: a depthwise kernel of ``K`` taps is ``K`` multiply-adds of the input shifted
+by one tap at a time. :func:`depthwise_conv1d` computes exactly that: one vectorised
+``addcmul_`` per tap forward, and the same for the input's gradient backward
+(``benchmarks/depthwise_conv.py`` times it against ``F.conv1d``).
+
+It computes what ``F.conv1d`` computes, to rounding: the bias, then the products summed tap
+by tap in order (which on this CPU often gives ``F.conv1d``'s output bit for bit), and
+gradients whose sums over batch and time run in their own order. Nothing depends on the
+number of threads, nor an utterance's output on the others padded into its batch. A second
+derivative (``create_graph=True``) is ATen's own ``convolution_backward``. :func:`fits` says when it applies: eagerly, on float32 CPU tensors,
+outside autocast and ``torch.func`` / ``torch.compile``, with stride 1 and zero padding on both
+sides; :func:`fctc.nn.conv1d` uses it then and ``F.conv1d`` otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..backend import is_tracing
+
+__all__ = ["depthwise_conv1d", "fits"]
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # not a subclass with its own dispatch
+
+
+def fits(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: object, groups: int) -> bool:
+    """Whether :func:`depthwise_conv1d` computes this ``F.conv1d`` call (see the module).
+
+    Args:
+        x: the input, ``(B, C, T)``.
+        weight: the kernel, ``(C, 1, K)`` for a depthwise convolution.
+        stride: the convolution's stride.
+        padding: its padding (an int applies; ``"same"`` and ``"valid"`` go to ``F.conv1d``).
+        groups: its groups (``C``, at least 2).
+
+    Returns:
+        True when the shifted-product kernel applies.
+    """
+    return (
+        stride == 1
+        and isinstance(padding, int)
+        and x.dim() == 3
+        and 1 < groups == x.shape[1] == weight.shape[0]  # one channel: a plain convolution
+        and weight.shape[1] == 1
+        and x.device.type == "cpu"
+        and x.dtype == weight.dtype == torch.float32
+        and type(x) in _PLAIN
+        and type(weight) in _PLAIN
+        and not torch.is_autocast_enabled("cpu")
+        and not is_tracing()
+    )
+
+
+def depthwise_conv1d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, dilation: int
+) -> torch.Tensor:
+    """``F.conv1d(x, weight, bias, 1, padding, dilation, groups=C)`` as shifted products.
+
+    Args:
+        x: ``(B, C, T)`` float32 CPU input.
+        weight: ``(C, 1, K)`` kernel.
+        bias: ``(C,)`` or None.
+        padding: zeros added on each side.
+        dilation: the spacing of the taps.
+
+    Returns:
+        ``(B, C, T + 2 * padding - dilation * (K - 1))``, differentiable in ``x``, ``weight``
+        and ``bias``.
+    """
+    return _Depthwise.apply(x, weight, bias, padding, dilation)
+
+
+def _taps(xp: torch.Tensor, k: int, dilation: int, frames: int) -> torch.Tensor:
+    """Tap ``k``'s view of the padded input: the frames it multiplies."""
+    start = k * dilation
+    return xp[:, :, start : start + frames]
+
+
+class _Depthwise(torch.autograd.Function):
+    @staticmethod
+    def forward(x, weight, bias, padding, dilation):
+        xp = F.pad(x, (padding, padding)) if padding else x
+        taps = weight.shape[-1]
+        frames = xp.shape[-1] - dilation * (taps - 1)
+        w = weight[:, 0, :].unsqueeze(-1)  # (C, K, 1): tap k broadcasts over time as w[:, k]
+        first = _taps(xp, 0, dilation, frames)
+        # The bias first, then tap after tap: F.conv1d's own order of the sum.
+        y = first * w[:, 0] if bias is None else torch.addcmul(bias.unsqueeze(-1), first, w[:, 0])
+        for k in range(1, taps):
+            y.addcmul_(_taps(xp, k, dilation, frames), w[:, k])
+        return y
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, padding, dilation = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.padding, ctx.dilation, ctx.has_bias = padding, dilation, bias is not None
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        padding, dilation = ctx.padding, ctx.dilation
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph: ATen's backward, differentiable itself
+            grads = torch.ops.aten.convolution_backward(
+                grad, x, weight, [x.shape[1]] if ctx.has_bias else None, [1], [padding],
+                [dilation], False, [0], x.shape[1], [need_x, need_w, need_b],
+            )
+            return (*grads, None, None)
+        grad = grad.contiguous()
+        frames, taps = grad.shape[-1], weight.shape[-1]
+        gx = gw = gb = None
+        if need_x:  # tap k's products scattered back onto the input frames it read
+            gxp = x.new_zeros(x.shape[0], x.shape[1], x.shape[2] + 2 * padding)
+            w = weight[:, 0, :].unsqueeze(-1)
+            for k in range(taps):
+                _taps(gxp, k, dilation, frames).addcmul_(grad, w[:, k])
+            gx = gxp[:, :, padding : padding + x.shape[2]] if padding else gxp
+        if need_w:  # tap k's products summed over batch and time
+            xp = F.pad(x, (padding, padding)) if padding else x
+            gw = weight.new_empty(weight.shape)
+            product = torch.empty_like(grad)
+            for k in range(taps):
+                torch.mul(grad, _taps(xp, k, dilation, frames), out=product)
+                gw[:, 0, k] = product.sum(dim=(0, 2))
+        if need_b:
+            gb = grad.sum(dim=(0, 2))
+        return gx, gw, gb, None, None
