@@ -313,7 +313,8 @@ def build_row(spec: dict, config: str, weights, device) -> Callable[[Batch], Non
     if side.startswith("torch"):
         return TorchLoop(config, weights, device, precision, side == "torch compile", accum)
     return FctcLoop(
-        config, weights, device, precision, side == "fctc jit", accum, donate=side == "fctc donated"
+        config, weights, device, precision, side == "fctc jit", accum,
+        donate=side in ("fctc donated", "fctc jit"),
     )
 
 

@@ -190,7 +190,8 @@ class TrainStep:
         self.jit = _check_jit(jit)
         if self.jit is True:  # the loss and its gradient compiled; the update stays eager
             self.loss_fn = backend.jit_trees(loss_fn, dynamic=(2,))
-        self.donate = donate and not self.jit  # compiled code plans its own buffers
+        # The eager update (jit False or True) can reuse buffers; a compiled one plans its own.
+        self.donate = donate and (self.jit is False or self.jit is True)
         self.rules = LossRules(tuple(tx) if self.routed else None, log_only)
         self.skip_nonfinite = skip_nonfinite
         self._compiled = _compiled_step(self._step, self.jit)
@@ -458,7 +459,8 @@ def make_train_step(
         call returns; the one passed in may have been overwritten (save checkpoints from
         returned states). Non-finite batches are still skipped with the old values intact.
         It costs one host read of the step's finiteness flag (a synchronisation on
-        accelerators) and has no effect with any ``jit``, where the compiler plans buffers.
+        accelerators). With ``jit=True`` the eager update donates; with ``"step"`` and
+        ``"reduce-overhead"`` it has no effect (the compiler plans those buffers).
       log_only: names of losses in ``loss_fn``'s dict that are logged (``loss/<name>``) and
         never optimised (speechain's losses dict). With one transformation, all but one name
         must be listed; the one left is optimised (speechain's ``optim_loss``).
