@@ -120,3 +120,14 @@ def test_dropout_masks_times_every_variant():
     assert all(fn(random.key(1)).shape == (3, 4, 5) for fn in fns.values())
     ms = dropout_masks.time_variants((3, 4, 5), 0.85, rounds=2, per_round=1)
     assert set(ms) == set(fns) and all(v > 0 for v in ms.values())
+
+
+def test_depthwise_conv_times_both_implementations_of_a_layer():
+    """benchmarks/depthwise_conv.py: both implementations get positive medians, forward and
+    forward + backward, and agree on the layer's output and gradients."""
+    from benchmarks import depthwise_conv
+
+    out = depthwise_conv.time_layer(2, 30, 4, 5, 2, rounds=2, per_round=1)
+    assert out["max_diff"] < 1e-4
+    for label in ("forward", "forward+backward"):
+        assert set(out[label]) == {"F.conv1d", "fctc"} and all(v > 0 for v in out[label].values())

@@ -66,7 +66,7 @@ def _fits(x, w, stride=1, padding=1, groups=None):
 
 
 def test_fits_eager_float32_cpu_depthwise_stride_one_only():
-    x, w = torch.randn(2, 4, 10), torch.randn(4, 1, 3)
+    x, w = torch.randn(2, 4, depthwise.MIN_ELEMENTS // 8), torch.randn(4, 1, 3)
     assert _fits(x, w)
     assert _fits(x, torch.nn.Parameter(w))
     assert not _fits(x, w, stride=2)
@@ -75,21 +75,24 @@ def test_fits_eager_float32_cpu_depthwise_stride_one_only():
     assert not _fits(x, torch.randn(4, 2, 3), groups=2)  # grouped, not depthwise
     assert not _fits(x.double(), w.double())
     assert not _fits(x[0], w)  # unbatched
-    assert not _fits(x[:, :1], w[:1])  # one channel: a plain convolution
+    assert not _fits(x[:, :, :-1], w)  # below MIN_ELEMENTS: oneDNN's one call is faster
+    assert not _fits(torch.cat([x[:, :1]] * 4, -1), w[:1])  # one channel: a plain convolution
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not _fits(x, w)
+    rows = torch.randn(2, 1, 4, depthwise.MIN_ELEMENTS // 4)
+    assert _fits(rows[0], w)
     seen = []
-    torch.func.vmap(lambda row: seen.append(_fits(row.unsqueeze(0), w)) or row)(x)
-    assert seen == [False]
+    torch.func.vmap(lambda row: seen.append(_fits(row, w)) or row)(rows)
+    assert seen == [False]  # under a torch.func transform: F.conv1d
 
 
 def test_conv1d_layer_gives_the_same_output_on_both_paths():
-    layer = nn.conv1d(6, 6, 5, padding=4, dilation=2, groups=6)
+    layer = nn.conv1d(64, 64, 5, padding=4, dilation=2, groups=64)
     params, state = layer.init(random.key(0))
-    x = torch.randn(3, 6, 20)
+    x = torch.randn(3, 64, 200)
     y, _ = layer.apply(params, state, x)
-    assert depthwise.fits(x, params["weight"], 1, 4, 6)
-    want = F.conv1d(x, params["weight"], params["bias"], 1, 4, 2, 6)
+    assert depthwise.fits(x, params["weight"], 1, 4, 64)
+    want = F.conv1d(x, params["weight"], params["bias"], 1, 4, 2, 64)
     torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # F.conv1d's path: autocast's bf16
         low, _ = layer.apply(params, state, x)
