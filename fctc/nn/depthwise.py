@@ -11,10 +11,12 @@ It computes what ``F.conv1d`` computes, to rounding: the bias, then the products
 by tap in order (which on this CPU often gives ``F.conv1d``'s output bit for bit), and
 gradients whose sums over batch and time run in their own order. Nothing depends on the
 number of threads, nor an utterance's output on the others padded into its batch. A second
-derivative (``create_graph=True``) is ATen's own ``convolution_backward``. :func:`fits` says when it applies: eagerly, on float32 CPU inputs of
-at least :data:`MIN_ELEMENTS` elements, outside autocast and ``torch.func`` / ``torch.compile``,
-with stride 1 and zero padding on both sides; :func:`fctc.nn.conv1d` uses it then and
-``F.conv1d`` otherwise.
+derivative (``create_graph=True``) is ATen's own ``convolution_backward``.
+
+:func:`fits` says when it applies: eagerly, on float32 CPU inputs of at least
+:data:`MIN_ELEMENTS` elements, outside autocast and ``torch.func`` / ``torch.compile``, with
+stride 1 and zero padding on both sides; :func:`fctc.nn.conv1d` uses it then and ``F.conv1d``
+otherwise.
 """
 
 from __future__ import annotations
