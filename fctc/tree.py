@@ -17,6 +17,8 @@ from typing import Any
 import optree
 import torch
 
+from . import _flatteners
+
 __all__ = [
     "map",
     "map_with_path",
@@ -63,6 +65,12 @@ def map(fn: Callable[..., Any], tree: PyTree, *rest: PyTree, is_leaf=None) -> Py
     Returns:
       The mapped tree.
     """
+    if is_leaf is None and not torch.compiler.is_compiling():
+        xs, spec = _flatteners.flatten(tree, False, _NS)
+        if not rest:
+            return spec.unflatten([fn(x) for x in xs])
+        others = [spec.flatten_up_to(r) for r in rest]
+        return spec.unflatten([fn(*a) for a in zip(xs, *others)])
     return optree.tree_map(fn, tree, *rest, is_leaf=is_leaf, namespace=_NS)
 
 
@@ -95,6 +103,8 @@ def leaves(tree: PyTree, is_leaf=None) -> list[Any]:
     Returns:
       The list of leaves.
     """
+    if is_leaf is None and not torch.compiler.is_compiling():
+        return _flatteners.flatten(tree, False, _NS)[0]
     return optree.tree_leaves(tree, is_leaf=is_leaf, namespace=_NS)
 
 
@@ -110,6 +120,8 @@ def flatten(tree: PyTree, is_leaf=None, none_is_leaf: bool = False) -> tuple[lis
     Returns:
       ``(leaves, treedef)``.
     """
+    if is_leaf is None and not torch.compiler.is_compiling():
+        return _flatteners.flatten(tree, none_is_leaf, _NS)
     return optree.tree_flatten(tree, is_leaf=is_leaf, none_is_leaf=none_is_leaf, namespace=_NS)
 
 
