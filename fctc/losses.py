@@ -70,34 +70,39 @@ def _validate(logits, lengths, targets, target_lengths, blank, reduction):
 
 def _check_values(logits, lengths, targets, target_lengths, blank) -> None:
     """Host-side checks of the values. Lengths whose range is known on the host cost no read
-    (:func:`fctc.nn.core.length_bounds`); the labels take one read."""
+    (:func:`fctc.nn.core.length_bounds`); the target lengths and the labels take one read
+    together (every check is a few operations on a whole tensor: the eager step pays them on
+    each micro-batch)."""
     time, max_target, vocab = logits.shape[2], targets.shape[1], logits.shape[1]
-    if lengths.numel():
-        lo, hi = length_bounds(lengths)
-        if lo < 0 or hi > time:
-            raise ValueError(
-                f"ctc_loss: lengths must lie in [0, {time}] (the frames of logits), got "
-                f"{lengths.tolist()}"
-            )
-        lo, hi = length_bounds(target_lengths)
-        if lo < 0 or hi > max_target:
-            raise ValueError(
-                f"ctc_loss: target_lengths must lie in [0, {max_target}] (the columns of "
-                f"targets), got {target_lengths.tolist()}"
-            )
-    valid = torch.arange(max_target, device=targets.device) < target_lengths.unsqueeze(1)
-    if not valid.numel():
+    if not lengths.numel():
         return
-    big = torch.iinfo(torch.int64).max
-    targets = targets.long()
-    stats = [
-        torch.where(valid, targets, big).amin(),
-        torch.where(valid, targets, -1).amax(),
-        (valid & (targets == blank)).any().long(),
-        valid.any().long(),
-    ]
-    lab_lo, lab_hi, has_blank, has_labels = torch.stack(stats).tolist()  # the one read
-    if has_labels and (lab_lo < 0 or lab_hi >= vocab):
+    lo, hi = length_bounds(lengths)
+    if lo < 0 or hi > time:
+        raise ValueError(
+            f"ctc_loss: lengths must lie in [0, {time}] (the frames of logits), got "
+            f"{lengths.tolist()}"
+        )
+    stats = list(torch.aminmax(target_lengths))
+    valid = torch.arange(max_target, device=targets.device) < target_lengths.unsqueeze(1)
+    if valid.numel():
+        # Padding becomes a label that passes both checks (a non-blank index in range); with a
+        # vocabulary of the blank alone there is none, and any label at all is an error.
+        filler = 1 if blank == 0 else 0
+        labels = torch.where(valid, targets.long(), filler if vocab > 1 else blank)
+        stats += [*torch.aminmax(labels), (labels == blank).any()]
+    # One read back for all of it.
+    tl_lo, tl_hi, *label_stats = torch.stack([v.to(torch.int64) for v in stats]).tolist()
+    if tl_lo < 0 or tl_hi > max_target:
+        raise ValueError(
+            f"ctc_loss: target_lengths must lie in [0, {max_target}] (the columns of "
+            f"targets), got {target_lengths.tolist()}"
+        )
+    if not label_stats:
+        return
+    lab_lo, lab_hi, has_blank = label_stats
+    if vocab == 1:  # the fill was the blank itself: every label is one
+        has_blank = bool(valid.any())
+    if lab_lo < 0 or lab_hi >= vocab:
         raise ValueError(
             f"ctc_loss: target indices must lie in [0, {vocab}), got values from "
             f"{lab_lo} to {lab_hi}"

@@ -211,3 +211,40 @@ def test_torch_func_grad_and_vjp_equal_the_eager_gradient(reduction):
     torch.testing.assert_close(out, value, rtol=0, atol=0)
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert torch.all(got[1] == 0)
+
+
+def _expected_value_error(targets, target_lengths, vocab, blank):
+    """The first value check ctc_loss must fail, worked out element by element."""
+    rows, width = targets.shape
+    lens = target_lengths.tolist()
+    if rows and (min(lens) < 0 or max(lens) > width):
+        return "target_lengths must lie"
+    labels = [v for r, n in zip(targets.tolist(), lens) for v in r[: max(n, 0)]]
+    if any(not 0 <= v < vocab for v in labels):
+        return "target indices must lie"
+    if blank in labels:
+        return f"blank index {blank}"
+    return None
+
+
+@given(
+    st.integers(1, 4), st.integers(0, 4), st.integers(1, 5), st.data(),
+)
+def test_value_checks_match_an_element_by_element_reference(rows, width, vocab, data):
+    blank = data.draw(st.integers(0, vocab - 1))
+    targets = torch.tensor(
+        data.draw(st.lists(st.lists(st.integers(-2, vocab + 1), min_size=width, max_size=width),
+                           min_size=rows, max_size=rows)), dtype=torch.long,
+    ).reshape(rows, width)
+    target_lengths = torch.tensor(data.draw(st.lists(st.integers(-1, width + 1), min_size=rows, max_size=rows)))
+    frames = 3 * width + 2
+    logits = torch.randn(rows, vocab, frames, dtype=torch.float64)
+    lengths = torch.full((rows,), frames)
+    want = _expected_value_error(targets, target_lengths, vocab, blank)
+    if want is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # infeasible utterances only warn
+            ctc_loss(logits, lengths, targets, target_lengths, blank=blank)
+    else:
+        with pytest.raises(ValueError, match=want):
+            ctc_loss(logits, lengths, targets, target_lengths, blank=blank)
