@@ -24,7 +24,7 @@ import torch
 
 from .. import nn as _nn
 from .. import random as _random
-from ..nn.core import Model, check_lengths, check_rank, lengths_follow
+from ..nn.core import Model, check_lengths, check_rank, lengths_follow, padding_mask
 
 __all__ = [
     "masked_conv1d",
@@ -137,9 +137,7 @@ def masked_conv1d(
     def apply(params, state, x, lengths, *, train=False, key=None):
         if not (isinstance(lengths, torch.Tensor) and lengths.dim() == 1):
             _nn.lengths_to_mask(lengths, x.shape[-1])  # raises its error for such lengths
-        # lengths_to_mask's positions, compared the other way round: True on the padding.
-        positions = torch.arange(x.shape[-1], device=lengths.device)
-        x = x.masked_fill((positions >= lengths.to(torch.int64).unsqueeze(1)).unsqueeze(1), 0.0)
+        x = x.masked_fill(padding_mask(lengths, x.shape[-1]), 0.0)
         y, _ = conv.apply(params["conv"], {}, x)
         if same and not lengths.is_floating_point():
             return (y, lengths), state  # the formula below gives the same integers back

@@ -69,6 +69,8 @@ _BOUNDS_MAX = 256
 
 
 def _known_bounds(lengths: torch.Tensor) -> tuple[Any, Any] | None:
+    if lengths.is_inference():  # no version counter: never remembered
+        return None
     entry = _BOUNDS.get(id(lengths))
     if entry is None or entry[0]() is not lengths or entry[1] != lengths._version:
         return None
@@ -76,6 +78,8 @@ def _known_bounds(lengths: torch.Tensor) -> tuple[Any, Any] | None:
 
 
 def _remember(lengths: torch.Tensor, lo: Any, hi: Any) -> None:
+    if lengths.is_inference():  # made in inference mode: it has no version to check later
+        return
     if len(_BOUNDS) >= _BOUNDS_MAX:
         for k in [k for k, e in _BOUNDS.items() if e[0]() is None] or list(_BOUNDS)[: _BOUNDS_MAX // 2]:
             del _BOUNDS[k]
@@ -103,6 +107,46 @@ def lengths_follow(new: torch.Tensor, old: torch.Tensor, fn: Callable[[int], int
         if bounds is not None:
             _remember(new, fn(bounds[0]), fn(bounds[1]))
     return new
+
+
+# Padding masks of lengths tensors: id -> (weakref, version, time, inference mode, mask). The
+# layers of a block see the same lengths object and time size, so they share one mask.
+_MASKS: dict[int, tuple[weakref.ref, int, int, bool, torch.Tensor]] = {}
+
+
+def padding_mask(lengths: torch.Tensor, time: int) -> torch.Tensor:
+    """A bool ``(B, 1, time)`` mask, True on the padding (positions at or beyond each length),
+    for ``x.masked_fill(mask, 0)`` on ``(B, C, time)`` activations.
+
+    Eagerly the mask is made once per lengths tensor and time size and reused while that
+    tensor is alive and unmodified (every masked layer of a block asks for the same one); under
+    tracing it is computed each time. Float lengths are truncated, as
+    :func:`~fctc.nn.lengths_to_mask` does.
+
+    Args:
+        lengths: a 1-D tensor of per-example lengths.
+        time: the time size ``T``.
+
+    Returns:
+        The mask, on ``lengths``' device (do not modify it: it may be shared).
+    """
+    cache = type(lengths) is torch.Tensor and not is_tracing() and not lengths.is_inference()
+    inference = torch.is_inference_mode_enabled()
+    if cache:
+        e = _MASKS.get(id(lengths))
+        # A mask made in inference mode cannot be saved for a backward pass: reused only there.
+        if e is not None and e[0]() is lengths and e[1] == lengths._version and e[2] == time and (
+            inference or not e[3]
+        ):
+            return e[4]
+    positions = torch.arange(time, device=lengths.device)
+    mask = (positions >= lengths.to(torch.int64).unsqueeze(1)).unsqueeze(1)
+    if cache:
+        if len(_MASKS) >= _BOUNDS_MAX:
+            for k in [k for k, e in _MASKS.items() if e[0]() is None] or list(_MASKS)[: _BOUNDS_MAX // 2]:
+                del _MASKS[k]
+        _MASKS[id(lengths)] = (weakref.ref(lengths), lengths._version, time, inference, mask)
+    return mask
 
 
 def length_bounds(lengths: torch.Tensor) -> tuple[int, int]:
