@@ -74,7 +74,10 @@ def host_is_free(tensors: Sequence[torch.Tensor]) -> bool:
     Returns:
       True outside tracing when every tensor lives on the CPU.
     """
-    return not is_tracing() and all(x.device.type == "cpu" for x in tensors)
+    return not is_tracing() and all(map(_IS_CPU, tensors))
+
+
+_IS_CPU = operator.attrgetter("is_cpu")
 
 
 #: The modes of :func:`value_checks`.
@@ -133,18 +136,19 @@ def value_checks(mode: str) -> Iterator[None]:
 
 
 def all_finite(tree: Any, norm: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`fctc.tree.all_finite`, with one global norm instead of a mask per leaf on the CPU.
+    """:func:`fctc.tree.all_finite`, with norms instead of a mask per leaf on the CPU.
 
-    Eagerly on the CPU a finite global norm proves every element finite (a NaN or Inf anywhere
-    makes any p-norm NaN or Inf): one reduction over all leaves, read on the host. Only a
-    non-finite norm (a bad element, or a sum of squares that overflowed) falls back to the
-    element-wise check, so the answer is always the element-wise one. Elsewhere this is
-    :func:`fctc.tree.all_finite`: tensor operations only.
+    Eagerly on the CPU finite norms prove every element finite (a NaN or Inf anywhere makes
+    any p-norm NaN or Inf): the caller's global norm, or else the leaves' 2-norms from one
+    ``torch._foreach_norm`` call, read on the host at once. Only a non-finite norm (a bad
+    element, or a sum of squares that overflowed) falls back to the element-wise check, so the
+    answer is always the element-wise one. Elsewhere this is :func:`fctc.tree.all_finite`:
+    tensor operations only.
 
     Args:
       tree: a pytree of tensors.
       norm: a global norm of ``tree`` (any p) that the caller already has, to spare the
-        reduction; None computes the 2-norm when the shortcut applies.
+        reduction; None computes the leaves' norms when the shortcut applies.
 
     Returns:
       A 0-d bool tensor.
@@ -155,9 +159,10 @@ def all_finite(tree: Any, norm: torch.Tensor | None = None) -> torch.Tensor:
     if not xs:
         return torch.ones((), dtype=torch.bool)
     if host_is_free(xs):
-        if norm is None:
-            norm = _tree.global_norm(xs)
-        if bool(torch.isfinite(norm)):
+        # Per-leaf norms are enough (any non-finite element makes its leaf's norm non-finite):
+        # one fused call, without global_norm's grouping and final reduction.
+        finite = torch.isfinite(norm) if norm is not None else torch.stack(torch._foreach_norm(xs)).isfinite().all()
+        if bool(finite):
             return torch.ones((), dtype=torch.bool)
     return _tree.all_finite(xs)
 
@@ -208,7 +213,11 @@ def _same_kind(a: list, b: list) -> bool:
     types.update(map(type, b))
     if types != {torch.Tensor}:
         return not a and not b
-    return list(map(_DTYPE, a)) == list(map(_DTYPE, b)) and list(map(_DEVICE, a)) == list(map(_DEVICE, b))
+    if list(map(_DTYPE, a)) != list(map(_DTYPE, b)):
+        return False
+    if all(map(_IS_CPU, a)) and all(map(_IS_CPU, b)):  # the usual answer, without device objects
+        return True
+    return list(map(_DEVICE, a)) == list(map(_DEVICE, b))
 
 
 def _check_argnums(argnums: int | Sequence[int], nargs: int) -> tuple[int, ...]:

@@ -232,9 +232,9 @@ def test_jit_traces_value_and_grad_through_torch_func(batch):
 
 
 def test_all_finite_cpu_shortcut_is_exact():
-    """The eager CPU path (one global norm instead of a mask per leaf) answers what the
-    element-wise check answers, overflowing sums of squares included, with or without a
-    precomputed norm."""
+    """The eager CPU path (norms instead of a mask per leaf) answers what the element-wise
+    check answers, overflowing sums of squares included, with or without a precomputed
+    norm, over leaves of several dtypes."""
     import fctc.tree as T
 
     big = torch.full((8,), 1e30)  # finite, but its sum of squares overflows
@@ -245,6 +245,9 @@ def test_all_finite_cpu_shortcut_is_exact():
         {"a": torch.tensor([-float("inf")], dtype=torch.float16)},
         {"a": big},
         {"a": big, "b": torch.tensor([float("nan")])},
+        {"a": torch.ones(3), "b": torch.ones(2, dtype=torch.float16), "c": torch.empty(0)},
+        {"a": torch.full((100,), 100.0, dtype=torch.float16), "n": torch.tensor(3)},  # fp16 norm overflows
+        {"a": torch.ones(3, dtype=torch.float64), "b": torch.tensor([float("nan")], dtype=torch.bfloat16)},
         {},
     ]
     for tree in cases:
