@@ -91,7 +91,7 @@ def _check_values(logits, lengths, targets, target_lengths, blank) -> None:
         labels = torch.where(valid, targets.long(), filler if vocab > 1 else blank)
         stats += [*torch.aminmax(labels), (labels == blank).any()]
     # One read back for all of it.
-    tl_lo, tl_hi, *label_stats = torch.stack([v.to(torch.int64) for v in stats]).tolist()
+    tl_lo, tl_hi, *label_stats = torch.stack(stats).tolist()  # promoted to one integer dtype
     if tl_lo < 0 or tl_hi > max_target:
         raise ValueError(
             f"ctc_loss: target_lengths must lie in [0, {max_target}] (the columns of "
