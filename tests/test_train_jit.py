@@ -122,3 +122,21 @@ def test_jit_trees_of_functions_sharing_code_keep_their_own_closures():
         b = fctc.backend.jit_trees(make(3.0), backend=backend)
         torch.testing.assert_close(a(x), torch.full((3,), 2.0))
         torch.testing.assert_close(b(x), torch.full((3,), 3.0))
+
+
+def test_the_quartznet_loss_traces_as_one_graph():
+    """The default loss of a QuartzNet (masked convolutions, batch norm, the CTC loss) traces
+    without a graph break: the eager-only bookkeeping (lengths bounds, padding masks, value
+    checks) stays out of compiled code. A break would split jit=True's compiled loss."""
+    from fctc.models import QUARTZNET, identity_front_end, quartznet_config
+    from fctc.train import ctc_loss_fn
+    from tiny_task import CHANNELS, VOCAB
+
+    model = QUARTZNET.ctc_model(identity_front_end(), VOCAB, {**quartznet_config("tiny"), "feat_in": CHANNELS})
+    params, state = model.init(random.key(0))
+    loss_fn = fctc.backend.jit_trees(ctc_loss_fn(model, BLANK), dynamic=(2,), backend="eager", fullgraph=True)
+    torch._dynamo.reset()
+    for b in (_batch(0, 4, 4, 6), _batch(1, 3, 5, 5)):
+        eager, _ = ctc_loss_fn(model, BLANK)(params, state, b, random.key(1))
+        compiled, _ = loss_fn(params, state, b, random.key(1))
+        torch.testing.assert_close(compiled, eager)

@@ -131,7 +131,7 @@ def padding_mask(lengths: torch.Tensor, time: int) -> torch.Tensor:
         The mask, on ``lengths``' device (do not modify it: it may be shared).
     """
     cache = type(lengths) is torch.Tensor and not is_tracing() and not lengths.is_inference()
-    inference = torch.is_inference_mode_enabled()
+    inference = cache and torch.is_inference_mode_enabled()
     if cache:
         e = _MASKS.get(id(lengths))
         # A mask made in inference mode cannot be saved for a backward pass: reused only there.
