@@ -324,8 +324,12 @@ def _regroup(flats: list, gs: Sequence[torch.Tensor | None]) -> list[Any]:
 
 
 def _detach_aux(aux: Any) -> Any:
-    # A tensor that needs no gradient is in no graph: it is its own detached value.
-    return _tree.map(lambda a: a.detach() if isinstance(a, torch.Tensor) and a.requires_grad else a, aux)
+    # A tensor that needs no gradient is in no graph: it is its own detached value. Usually no
+    # leaf needs one (running statistics, logged values): then the tree comes back as it is.
+    xs, spec = _tree.flatten(aux)
+    if not any(isinstance(a, torch.Tensor) and a.requires_grad for a in xs):
+        return aux
+    return spec.unflatten([a.detach() if isinstance(a, torch.Tensor) and a.requires_grad else a for a in xs])
 
 
 def _autograd_path(fn, nums, argnums, has_aux, args, kwargs):
