@@ -26,11 +26,12 @@ import torch
 
 _counter = itertools.count()
 
-#: Flatteners per top-level signature (see :func:`_signature`), newest first.
+#: Flatteners per top-level signature (see :func:`_signature`), flag and namespace, newest first.
 _BY_SIGNATURE: dict[tuple, list[tuple[Callable[[Any], list | None], Any]]] = {}
 #: How often each treedef came out of a full flatten; the second time generates a flattener.
 _SEEN: dict[tuple, int] = {}
 _MAX_PER_SIGNATURE = 4
+_MAX_SIGNATURES = 256
 _MAX_SEEN = 512
 
 
@@ -138,7 +139,7 @@ def flatten(tree: Any, none_is_leaf: bool, namespace: str) -> tuple[list[Any], A
     flattener when ``tree``'s structure has one."""
     sig = _signature(tree)
     if sig is not None:
-        key = (sig, none_is_leaf)
+        key = (sig, none_is_leaf, namespace)
         for fn, spec in _BY_SIGNATURE.get(key, ()):
             xs = fn(tree)
             if xs is not None:
@@ -161,5 +162,7 @@ def _remember(key: tuple, spec: Any, none_is_leaf: bool) -> None:
     fn = _generate(spec, none_is_leaf)
     if fn is None:
         return
+    if len(_BY_SIGNATURE) >= _MAX_SIGNATURES and key not in _BY_SIGNATURE:
+        _BY_SIGNATURE.clear()  # many structures (lists of every length, say): start afresh
     entries = [(fn, spec), *_BY_SIGNATURE.get(key, ())]
     _BY_SIGNATURE[key] = entries[:_MAX_PER_SIGNATURE]

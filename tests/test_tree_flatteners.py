@@ -139,3 +139,12 @@ def test_compiled_code_flattens_through_optree():
     for _ in range(3):
         T.leaves(tree)
     assert torch.allclose(f(tree), 3 * t)
+
+
+def test_the_caches_stay_bounded():
+    t = torch.zeros(1)
+    for n in range(_flatteners._MAX_SIGNATURES + 20):
+        for _ in range(2):
+            _same_as_optree([t] * (n % 300 + 1) + [{"k": t}])
+    assert len(_flatteners._BY_SIGNATURE) <= _flatteners._MAX_SIGNATURES
+    assert len(_flatteners._SEEN) <= _flatteners._MAX_SEEN
