@@ -278,16 +278,36 @@ def _read_document(path: Path) -> dict[str, Any]:
         raise _modified(path, "its fctc metadata lacks the leaf index or the caller's metadata")
     _match_index(path, doc["leaves"], shapes)
     if version < _CHECKSUMS_SINCE and _CHECKSUM_KEY not in doc:
-        warnings.warn(
-            f"checkpoint {path} was written by fctc {doc.get('fctc_version', '?')} (format "
-            f"version {version}), which stored no checksums: its contents cannot be verified; "
-            "save it again with this fctc to add them",
-            CheckpointWarning,
-            stacklevel=3,
-        )
+        _warn_unverified(path, doc, version)
         return doc
     _verify_document(path, doc)
     return doc
+
+
+# The files already warned about: (resolved path, modification time, size).
+_WARNED: set[tuple[str, int, int]] = set()
+
+
+def _warn_unverified(path: Path, doc: dict[str, Any], version: int) -> None:
+    """Warn that ``path`` has no checksums, once per file and version of it: a command that
+    reads the document and then the tensors (or a resume, which reads it three times) says it
+    once."""
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None
+    if key is not None and key in _WARNED:
+        return
+    if key is not None:
+        _WARNED.add(key)
+    warnings.warn(
+        f"checkpoint {path} was written by fctc {doc.get('fctc_version', '?')} (format "
+        f"version {version}), which stored no checksums: its contents cannot be verified; "
+        "save it again with this fctc to add them",
+        CheckpointWarning,
+        stacklevel=4,
+    )
 
 
 def _match_index(path: Path, leaves: dict[str, Any], shapes: dict[str, list[int]]) -> None:
