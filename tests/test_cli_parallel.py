@@ -149,3 +149,29 @@ def test_alone_the_sync_and_the_all_reduce_change_nothing():
     params = {"w": torch.ones(2)}
     updates, _ = tx.update({"w": torch.ones(2)}, tx.init(params), params)
     assert torch.allclose(updates["w"], torch.full((2,), -0.1))
+
+
+def test_a_cpu_run_under_torchrun_never_claims_a_gpu(monkeypatch):
+    """On a machine with CUDA, `fctc train --device cpu` under torchrun joins with gloo alone:
+    no NCCL, and no torch.cuda.set_device(LOCAL_RANK) (which fails with more processes than
+    GPUs). device auto or cuda there keeps gloo for CPU tensors and NCCL for GPU ones."""
+    import fctc.distributed as fd
+    from fctc.cli.parallel import init_world
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.append(("set_device", i)))
+    monkeypatch.setattr(fd._dist, "init_process_group", lambda **kw: calls.append(("init", kw["backend"])))
+    monkeypatch.setattr(fd, "is_initialized", lambda: False)
+    monkeypatch.setattr(fd, "rank", lambda: 3)
+    monkeypatch.setattr(fd, "world_size", lambda: 4)
+    for name, value in {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "3", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)
+    assert init_world("cpu").local_rank == 3
+    assert calls == [("init", "gloo")]
+    calls.clear()
+    for device in ("auto", "cuda"):
+        init_world(device)
+        assert calls == [("set_device", 3), ("init", "cpu:gloo,cuda:nccl")]
+        calls.clear()

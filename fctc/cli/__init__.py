@@ -145,12 +145,29 @@ def _train_config(args: argparse.Namespace) -> tuple[dict, Path, Path | None]:
 def _train(args: argparse.Namespace) -> int:
     from .parallel import init_world
 
-    world = init_world()
+    world = init_world(_device_setting(args))
     try:
         return _train_run(args, world)
     finally:
         if world.size > 1:
             torch.distributed.destroy_process_group()
+
+
+def _device_setting(args: argparse.Namespace) -> str:
+    """The run's ``device`` setting, read before the process group exists (which backend to
+    join with depends on it): ``--device``, else the resumed run's, the config file's or the
+    default's; ``"auto"`` where it cannot be read (``_train_run`` then reports why)."""
+    if args.device is not None:
+        return str(args.device)
+    try:
+        if getattr(args, "resume", None):
+            from .checkpoints import TRAIN_STATE_FILE, resolve_checkpoint
+
+            path = resolve_checkpoint(args.resume, need_train_state=True) / TRAIN_STATE_FILE
+            return str(_ckpt.read_metadata(path)["metadata"]["config"].get("device", "auto"))
+        return str(load_config(args.config)["device"])
+    except Exception:  # noqa: BLE001 - _train_run's own reading reports what is wrong
+        return "auto"
 
 
 def _train_run(args: argparse.Namespace, world) -> int:

@@ -67,13 +67,18 @@ class ShardedBatch(NamedTuple):
     fold: torch.Tensor
 
 
-def init_world() -> World:
+def init_world(device: str = "auto") -> World:
     """Join the process group ``torchrun`` describes, if any (:func:`fctc.distributed.init_from_env`).
+
+    Args:
+        device: the run's ``device`` setting. ``"cpu"`` joins with gloo alone, so that a CPU
+            run on a machine with GPUs neither starts NCCL nor claims a GPU per process (more
+            processes than GPUs would fail there); otherwise torch's choice for the machine.
 
     Returns:
         This process's :class:`World` (``World()`` when run alone).
     """
-    rank, size = _dist.init_from_env()
+    rank, size = _dist.init_from_env(backend="gloo" if device == "cpu" else None)
     return World(rank, size, int(os.environ.get("LOCAL_RANK", rank)) if size > 1 else 0)
 
 
