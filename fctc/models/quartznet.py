@@ -135,9 +135,7 @@ def masked_conv1d(
     same = stride == 1 and 2 * padding - span == -1  # "same" padding: lengths unchanged
 
     def apply(params, state, x, lengths, *, train=False, key=None):
-        if not (isinstance(lengths, torch.Tensor) and lengths.dim() == 1):
-            _nn.lengths_to_mask(lengths, x.shape[-1])  # raises its error for such lengths
-        x = x.masked_fill(padding_mask(lengths, x.shape[-1]), 0.0)
+        x = x.masked_fill(padding_mask(lengths, x.shape[-1]), 0.0)  # lengths_to_mask's checks
         y, _ = conv.apply(params["conv"], {}, x)
         if same and not lengths.is_floating_point():
             return (y, lengths), state  # the formula below gives the same integers back

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..backend import checks_values, is_tracing
+from .blocks import lengths_to_mask
 
 __all__ = ["Model", "check_rank", "check_lengths", "length_bounds", "lengths_follow", "check_params"]
 
@@ -68,22 +69,25 @@ _BOUNDS: dict[int, tuple[weakref.ref, int, Any, Any]] = {}
 _BOUNDS_MAX = 256
 
 
-def _known_bounds(lengths: torch.Tensor) -> tuple[Any, Any] | None:
+def _recall(cache: dict[int, tuple], lengths: torch.Tensor) -> tuple | None:
+    """What ``cache`` holds for ``lengths`` (after its weakref and version), while that tensor
+    is alive and unmodified; None otherwise."""
     if lengths.is_inference():  # no version counter: never remembered
         return None
-    entry = _BOUNDS.get(id(lengths))
+    entry = cache.get(id(lengths))
     if entry is None or entry[0]() is not lengths or entry[1] != lengths._version:
         return None
-    return entry[2], entry[3]
+    return entry[2:]
 
 
-def _remember(lengths: torch.Tensor, lo: Any, hi: Any) -> None:
+def _store(cache: dict[int, tuple], lengths: torch.Tensor, *values: Any) -> None:
+    """Remember ``values`` for ``lengths`` in ``cache`` (:func:`_recall` gives them back)."""
     if lengths.is_inference():  # made in inference mode: it has no version to check later
         return
-    if len(_BOUNDS) >= _BOUNDS_MAX:
-        for k in [k for k, e in _BOUNDS.items() if e[0]() is None] or list(_BOUNDS)[: _BOUNDS_MAX // 2]:
-            del _BOUNDS[k]
-    _BOUNDS[id(lengths)] = (weakref.ref(lengths), lengths._version, lo, hi)
+    if len(cache) >= _BOUNDS_MAX:
+        for k in [k for k, e in cache.items() if e[0]() is None] or list(cache)[: _BOUNDS_MAX // 2]:
+            del cache[k]
+    cache[id(lengths)] = (weakref.ref(lengths), lengths._version, *values)
 
 
 def lengths_follow(new: torch.Tensor, old: torch.Tensor, fn: Callable[[int], int]) -> torch.Tensor:
@@ -103,9 +107,9 @@ def lengths_follow(new: torch.Tensor, old: torch.Tensor, fn: Callable[[int], int
         ``new`` itself.
     """
     if not (old.dtype.is_floating_point or new.dtype.is_floating_point or is_tracing()):
-        bounds = _known_bounds(old)
+        bounds = _recall(_BOUNDS, old)
         if bounds is not None:
-            _remember(new, fn(bounds[0]), fn(bounds[1]))
+            _store(_BOUNDS, new, fn(bounds[0]), fn(bounds[1]))
     return new
 
 
@@ -130,22 +134,16 @@ def padding_mask(lengths: torch.Tensor, time: int) -> torch.Tensor:
     Returns:
         The mask, on ``lengths``' device (do not modify it: it may be shared).
     """
-    cache = type(lengths) is torch.Tensor and not is_tracing() and not lengths.is_inference()
-    inference = cache and torch.is_inference_mode_enabled()
+    cache = type(lengths) is torch.Tensor and not is_tracing()
     if cache:
-        e = _MASKS.get(id(lengths))
+        inference = torch.is_inference_mode_enabled()
+        known = _recall(_MASKS, lengths)
         # A mask made in inference mode cannot be saved for a backward pass: reused only there.
-        if e is not None and e[0]() is lengths and e[1] == lengths._version and e[2] == time and (
-            inference or not e[3]
-        ):
-            return e[4]
-    positions = torch.arange(time, device=lengths.device)
-    mask = (positions >= lengths.to(torch.int64).unsqueeze(1)).unsqueeze(1)
+        if known is not None and known[0] == time and (inference or not known[1]):
+            return known[2]
+    mask = ~lengths_to_mask(lengths, time).unsqueeze(1)
     if cache:
-        if len(_MASKS) >= _BOUNDS_MAX:
-            for k in [k for k, e in _MASKS.items() if e[0]() is None] or list(_MASKS)[: _BOUNDS_MAX // 2]:
-                del _MASKS[k]
-        _MASKS[id(lengths)] = (weakref.ref(lengths), lengths._version, time, inference, mask)
+        _store(_MASKS, lengths, time, inference, mask)
     return mask
 
 
@@ -163,10 +161,10 @@ def length_bounds(lengths: torch.Tensor) -> tuple[int, int]:
     Returns:
         ``(lo, hi)``.
     """
-    bounds = _known_bounds(lengths)
+    bounds = _recall(_BOUNDS, lengths)
     if bounds is None:
         bounds = tuple(int(v) for v in torch.stack(torch.aminmax(lengths)).tolist())
-        _remember(lengths, *bounds)
+        _store(_BOUNDS, lengths, *bounds)
     return bounds
 
 
