@@ -47,12 +47,9 @@ class _Slot:
 
 
 def _signature(tree: Any) -> tuple | None:
+    """What the cache is keyed by: the top-level container's type and length (None for others)."""
     t = type(tree)
-    if t is dict:
-        return (t, len(tree))
-    if t is list or issubclass(t, tuple):
-        return (t, len(tree))
-    return None
+    return (t, len(tree)) if t is dict or t is list or issubclass(t, tuple) else None
 
 
 def _emit(node: Any, var: str, lines: list[str], leaf_vars: dict[int, str], names: dict[str, Any],

@@ -161,7 +161,10 @@ def all_finite(tree: Any, norm: torch.Tensor | None = None) -> torch.Tensor:
     if host_is_free(xs):
         # Per-leaf norms are enough (any non-finite element makes its leaf's norm non-finite):
         # one fused call, without global_norm's grouping and final reduction.
-        finite = torch.isfinite(norm) if norm is not None else torch.stack(torch._foreach_norm(xs)).isfinite().all()
+        if norm is None:
+            finite = torch.stack(torch._foreach_norm(xs)).isfinite().all()
+        else:
+            finite = torch.isfinite(norm)
         if bool(finite):
             return torch.ones((), dtype=torch.bool)
     return _tree.all_finite(xs)

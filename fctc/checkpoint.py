@@ -296,10 +296,10 @@ def _warn_unverified(path: Path, doc: dict[str, Any], version: int) -> None:
         st = path.stat()
         key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     except OSError:
-        key = None
-    if key is not None and key in _WARNED:
-        return
+        key = None  # cannot tell the file apart: warn every time
     if key is not None:
+        if key in _WARNED:
+            return
         _WARNED.add(key)
     warnings.warn(
         f"checkpoint {path} was written by fctc {doc.get('fctc_version', '?')} (format "
