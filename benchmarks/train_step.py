@@ -14,11 +14,14 @@ Rows (per precision; "torch eager" of the same precision is the reference of the
   CUDA), ``LambdaLR`` with the same warm-up cosine, ``GradScaler`` for fp16;
 * ``torch compile``: the same loop with ``torch.compile`` on the module;
 * ``fctc eager``: ``fctc.train.make_train_step(..., jit=False)``;
-* ``fctc jit``: the same step with ``jit=True`` (the whole step is one ``torch.compile`` call).
+* ``fctc donated``: the same step with ``donate=True`` (the update reuses the state's buffers);
+* ``fctc jit``: the same step with ``jit=True`` and ``donate=True`` (the loss and its gradient
+  compiled by ``torch.compile``, the update eager and donated).
 
 With ``--accum K`` (default 4) two more rows split each batch into K micro-batches, accumulate
 gradients and update once (torch: K ``backward()`` calls of weighted losses; fctc:
-``accum_steps=K``); their ratio is to the same side's one-large-batch row.
+``accum_steps=K``). Their "speed vs ref" is to the same side's one-large-batch row, and "vs
+torch, same work" to torch eager's row of the same precision and accumulation.
 
 Timing: every row is set up in one process and warmed up; then the rows take turns, a few
 steps each, for several rounds, so that load from other processes hits all rows alike. A step
