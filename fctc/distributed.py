@@ -37,9 +37,10 @@ Once per update, not per micro-batch:
   passes ``sync=False`` to the all-reduce on the other micro-steps, which then stays local.
 
 Gradients are coalesced into one flat buffer per (device, dtype): one collective per dtype, not
-one per tensor. The all-reduce uses the traceable functional collectives
-(``torch.distributed._functional_collectives``), which work eagerly and under ``torch.compile``
-(``make_train_step(..., jit=True)``), with gloo on CPU and NCCL on GPU.
+one per tensor. Eagerly the all-reduce is ``torch.distributed.all_reduce`` on that buffer;
+traced by ``torch.compile`` (``make_train_step(..., jit="step")``) it is the functional
+collective (``torch.distributed._functional_collectives``) that compiles into the graph; gloo
+on CPU, NCCL on GPU.
 
 Per-rank state: running statistics (BatchNorm) are updated from each rank's own shard, as in
 DDP with ``broadcast_buffers=False``; ``state._replace(model_state=broadcast_tree(
@@ -62,6 +63,7 @@ import torch
 import torch.distributed as _dist
 
 from . import tree as _tree
+from .backend import is_tracing
 from .optim.accumulation import MultiSteps
 from .optim.base import EmptyState, GradientTransformation, with_extra_args_support
 
@@ -223,10 +225,19 @@ def _group_or_world(group: Any) -> Any:
 
 
 def _sum_across(buf: torch.Tensor, group: Any) -> torch.Tensor:
-    """A new tensor: ``buf`` summed over the processes of ``group`` (one traceable collective)."""
-    from torch.distributed import _functional_collectives as funcol
+    """``buf`` summed over the processes of ``group``, in place (``buf`` is a fresh buffer).
 
-    return funcol.wait_tensor(funcol.all_reduce(buf, "sum", _group_or_world(group)))
+    Traced, the functional collective (the one ``torch.compile`` can trace). Eagerly, the plain
+    in-place ``all_reduce``: the same sum, while an eager functional collective keeps the process
+    group alive after ``destroy_process_group`` (torch 2.13), and its gloo threads, still running
+    as the interpreter exits, can abort the process.
+    """
+    if is_tracing():
+        from torch.distributed import _functional_collectives as funcol
+
+        return funcol.wait_tensor(funcol.all_reduce(buf, "sum", _group_or_world(group)))
+    _dist.all_reduce(buf, op=_dist.ReduceOp.SUM, group=group)
+    return buf
 
 
 # --- the gradient all-reduce ----------------------------------------------------------------
@@ -316,7 +327,7 @@ def _agreed_skip(fn: Callable, group: Any) -> Callable:
     def agreed(updates, gradient_step, params):
         skip, skip_state = fn(updates, gradient_step, params)
         if _active(group) and isinstance(skip, torch.Tensor):
-            votes = _sum_across(skip.to(torch.int32).reshape(1), group)
+            votes = _sum_across(skip.to(torch.int32, copy=True).reshape(1), group)
             skip = votes.reshape(()) > 0
         return skip, skip_state
 

@@ -3,17 +3,17 @@
 Every check runs inside one launch (process start-up dominates the cost). Each rank trains on its
 half of every batch with ``all_reduce_gradients`` in the chain; rank 0 also trains alone on the
 whole batches without it, and the parameters must agree. Collectives are counted by wrapping
-``torch.distributed._functional_collectives.all_reduce``. A failed check raises, so the rank
+``fctc.distributed._sum_across``. A failed check raises, so the rank
 exits non-zero and torchrun reports the failure; success prints ``dist_worker rank R: ok``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import NamedTuple
 
 import torch
-import torch.distributed._functional_collectives as funcol
 from tiny_task import loss_fn, tiny_batch, tiny_model
 
 import fctc
@@ -43,19 +43,25 @@ def heavy_ball(lr: float, beta: float = 0.9) -> optim.GradientTransformation:
 
 @contextlib.contextmanager
 def count_all_reduces():
-    """Count the functional all-reduces issued inside the block: ``calls[0]``."""
+    """Count the all-reduces fctc.distributed issues inside the block (through ``_sum_across``,
+    its one all-reduce, eager or traced): ``calls[0]``."""
     calls = [0]
-    original = funcol.all_reduce
+    original = dist._sum_across
 
     def counted(*args, **kwargs):
         calls[0] += 1
         return original(*args, **kwargs)
 
-    funcol.all_reduce = counted
+    dist._sum_across = counted
     try:
         yield calls
     finally:
-        funcol.all_reduce = original
+        dist._sum_across = original
+
+
+def thread_count() -> int:
+    """This process's threads (Linux), or -1 where /proc does not list them."""
+    return len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else -1
 
 
 def expect(cond: bool, what: str) -> None:
@@ -223,6 +229,7 @@ def check_donated_skip(r: int) -> None:
 
 
 def main() -> None:
+    threads = thread_count()
     r, w = dist.init_from_env(timeout=60)
     check_process_group(r, w)
     check_broadcast(r)
@@ -231,8 +238,12 @@ def main() -> None:
     check_training(r)
     check_donated_skip(r)
     dist.barrier()
-    print(f"dist_worker rank {r}: ok", flush=True)
     torch.distributed.destroy_process_group()
+    # The group is gone with its gloo threads: threads left running while the interpreter exits
+    # can abort the process (an eager functional collective used to keep the group alive).
+    if thread_count() != threads:
+        raise AssertionError(f"rank {r}: {thread_count()} threads after destroy_process_group, {threads} before init")
+    print(f"dist_worker rank {r}: ok", flush=True)
 
 
 if __name__ == "__main__":
