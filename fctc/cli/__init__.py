@@ -145,38 +145,24 @@ def _train_config(args: argparse.Namespace) -> tuple[dict, Path, Path | None]:
 def _train(args: argparse.Namespace) -> int:
     from .parallel import init_world
 
-    world = init_world(_device_setting(args))
+    # The configuration comes first: which backend to join with depends on its device (a CPU
+    # run joins with gloo alone). Only rank 0 uses the run folder, so ranks that name a default
+    # folder in different seconds do no harm.
+    config, out, resume = _train_config(args)
+    world = init_world(str(config["device"]))
     try:
-        return _train_run(args, world)
+        return _train_run(args, config, out, resume, world)
     finally:
         if world.size > 1:
             torch.distributed.destroy_process_group()
 
 
-def _device_setting(args: argparse.Namespace) -> str:
-    """The run's ``device`` setting, read before the process group exists (which backend to
-    join with depends on it): ``--device``, else the resumed run's, the config file's or the
-    default's; ``"auto"`` where it cannot be read (``_train_run`` then reports why)."""
-    if args.device is not None:
-        return str(args.device)
-    try:
-        if getattr(args, "resume", None):
-            from .checkpoints import TRAIN_STATE_FILE, resolve_checkpoint
-
-            path = resolve_checkpoint(args.resume, need_train_state=True) / TRAIN_STATE_FILE
-            return str(_ckpt.read_metadata(path)["metadata"]["config"].get("device", "auto"))
-        return str(load_config(args.config)["device"])
-    except Exception:  # noqa: BLE001 - _train_run's own reading reports what is wrong
-        return "auto"
-
-
-def _train_run(args: argparse.Namespace, world) -> int:
+def _train_run(args: argparse.Namespace, config: dict, out: Path, resume: Path | None, world) -> int:
     from .evaluate import group_lines
     from .lock import RunLock
     from .run_folder import check_new_run
     from .train import INTERRUPTED_EXIT, Trainer, resolve_device
 
-    config, out, resume = _train_config(args)
     device = resolve_device(str(config["device"]), world.local_rank)
     if config["threads"] is not None:
         torch.set_num_threads(int(config["threads"]))
