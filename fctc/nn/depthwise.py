@@ -28,7 +28,7 @@ from ..backend import is_tracing
 
 __all__ = ["depthwise_conv1d", "fits"]
 
-_PLAIN = (torch.Tensor, torch.nn.Parameter)  # not a subclass with its own dispatch
+PLAIN = (torch.Tensor, torch.nn.Parameter)  # not a subclass with its own dispatch
 
 #: The smallest input (elements) the kernel takes: below it, its one operation per tap costs more
 #: than oneDNN's single call (measured on 2 cores: 8 x 24 x 100 with 5 taps is 10% slower
@@ -58,8 +58,8 @@ def fits(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: object, gr
         and weight.shape[1] == 1
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
-        and type(x) in _PLAIN
-        and type(weight) in _PLAIN
+        and type(x) in PLAIN
+        and type(weight) in PLAIN
         and not torch.is_autocast_enabled("cpu")
         and not is_tracing()
     )
