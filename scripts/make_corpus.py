@@ -68,7 +68,7 @@ SPLITS = ("train", "validation", "test")
 ENGINES = ("espeak-ng", "flite")
 # Utterances per split and engine (--counts changes them).
 COUNTS = {
-    "train": {"espeak-ng": 580, "flite": 420},
+    "train": {"espeak-ng": 580, "flite": 840},
     "validation": {"espeak-ng": 80, "flite": 60},
     "test": {"espeak-ng": 150, "flite": 100},
 }

@@ -1,7 +1,7 @@
 """fctc's bundled spoken corpus: English digit strings and short commands, spoken by two speech
 synthesisers, espeak-ng and flite.
 
-1390 short utterances (about 24 minutes of 16 kHz mono 16-bit FLAC, 26 MB) such as "five five
+1810 short utterances (about 33 minutes of 16 kHz mono 16-bit FLAC, 35 MB) such as "five five
 five one two oh seven", "turn on the lights" or "dial nine one one": digit strings of 1 to 7
 digits (zero said "oh" or "zero"), commands, and commands with digits, each spoken at a random
 rate and pitch by one voice of one engine (:data:`ENGINES`):
@@ -15,7 +15,7 @@ The splits share no voice, so every validation and test voice is one that traini
 ::
 
     split        espeak-ng                              flite
-    train        580 utterances, 144 voices, 10.0 min   420 utterances, kal16 + slt, 7.6 min
+    train        580 utterances, 144 voices, 10.0 min   840 utterances, kal16 + slt, 15.8 min
     validation    80 utterances,  24 voices,  1.2 min    60 utterances, rms, 1.2 min
     test         150 utterances,  24 voices,  2.5 min   100 utterances, awb, 1.8 min
 
