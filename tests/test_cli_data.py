@@ -252,7 +252,7 @@ def test_an_epoch_run_ends_with_its_last_epoch(tmp_path):
     """Item 10: epoch plans differ in length when batches are bounded by seconds; a 3-epoch
     run trains exactly their batches (not 3 x the first epoch's) and its rows never reach
     epoch 3 (0-based)."""
-    config = deep_update(TINY, {"data": {"limit": 13, "max_batch_seconds": 6.0, "test": None},
+    config = deep_update(TINY, {"data": {"limit": 15, "max_batch_seconds": 5.0, "test": None},
                                 "training": {"max_steps": None, "epochs": 3, "eval_every": 100}})
     from fctc.cli.config import load_config
     from fctc.cli.training_data import TrainingData

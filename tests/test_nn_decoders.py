@@ -31,7 +31,10 @@ def thunder_conv1d_decoder(channels, classes):
     return conv
 
 
-def _parity(model, module, x):
+def _parity(model, module, x, tol=None):
+    """``model`` against the torch ``module``: the same keys and shapes, outputs and gradients
+    equal (bit for bit, or within ``tol``)."""
+    tol = tol or {"rtol": 0, "atol": 0}
     params, state = model.init(random.key(0))
     flat = tree.flatten_dict(params) | tree.flatten_dict(state)
     assert {k: v.shape for k, v in flat.items()} == {
@@ -44,9 +47,9 @@ def _parity(model, module, x):
     (_, y), grads = value_and_grad(
         lambda p: (lambda y: (y.square().sum(), y))(model.apply(p, state, x)[0]), has_aux=True
     )(params)
-    torch.testing.assert_close(y, ref.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(y, ref.detach(), **tol)
     torch.testing.assert_close(
-        tree.flatten_dict(grads), {k: p.grad for k, p in module.named_parameters()}, rtol=0, atol=0
+        tree.flatten_dict(grads), {k: p.grad for k, p in module.named_parameters()}, **tol
     )
     return params
 
@@ -83,7 +86,10 @@ def test_linear_decoder_dropout_in_training():
 
 def test_conv1d_decoder_matches_thunder():
     x = torch.randn(2, 6, 5)
-    params = _parity(nn.conv1d_decoder(6, 4), thunder_conv1d_decoder(6, 4), x)
+    # fctc.nn.conv1d runs the 1x1 convolution as a matrix product on the CPU: equal to
+    # Conv1d's to rounding, not bit for bit.
+    tol = {"rtol": 1e-5, "atol": 1e-6}
+    params = _parity(nn.conv1d_decoder(6, 4), thunder_conv1d_decoder(6, 4), x, tol)
     assert set(params) == {"weight", "bias"}
 
 
