@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 
 from .. import random as _random
-from ..backend import is_tracing
 from . import depthwise
 from .core import Model, check_params, check_rank
 from .init import Initializer, bias_uniform, kaiming_uniform
@@ -54,20 +53,15 @@ def _padding(padding: object, stride: int) -> int | str:
 
 def _pointwise(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: object, groups: int) -> bool:
     """Whether the convolution is a matrix product that :func:`conv1d` runs as one: kernel
-    size 1, stride 1, no padding, one group, eagerly on float32 ``(B, C, T)`` CPU tensors
-    (plain ones), outside autocast and ``torch.func`` / ``torch.compile``."""
+    size 1, stride 1, no padding, one group, on ``(B, C, T)`` inputs, where
+    :func:`fctc.nn.depthwise.eager_cpu_float32` allows."""
     return (
         weight.shape[-1] == 1
         and stride == 1
         and padding in (0, "valid", "same")
         and groups == 1
         and x.dim() == 3
-        and x.device.type == "cpu"
-        and x.dtype == weight.dtype == torch.float32
-        and type(x) in depthwise.PLAIN
-        and type(weight) in depthwise.PLAIN
-        and not torch.is_autocast_enabled("cpu")
-        and not is_tracing()
+        and depthwise.eager_cpu_float32(x, weight)
     )
 
 

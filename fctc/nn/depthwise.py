@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 from ..backend import is_tracing
 
-__all__ = ["depthwise_conv1d", "fits"]
+__all__ = ["depthwise_conv1d", "eager_cpu_float32", "fits"]
 
-PLAIN = (torch.Tensor, torch.nn.Parameter)  # not a subclass with its own dispatch
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # not a subclass with its own dispatch
 
 #: The smallest input (elements) the kernel takes: below it, its one operation per tap costs more
 #: than oneDNN's single call (measured on 2 cores: 8 x 24 x 100 with 5 taps is 10% slower
@@ -56,10 +56,27 @@ def fits(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: object, gr
         and x.numel() >= MIN_ELEMENTS
         and 1 < groups == x.shape[1] == weight.shape[0]  # one channel: a plain convolution
         and weight.shape[1] == 1
-        and x.device.type == "cpu"
+        and eager_cpu_float32(x, weight)
+    )
+
+
+def eager_cpu_float32(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a convolution of ``x`` by ``weight`` may leave ``F.conv1d`` for a CPU route of
+    fctc's: both plain float32 CPU tensors, outside autocast and ``torch.func`` /
+    ``torch.compile`` (which keep ``F.conv1d``).
+
+    Args:
+        x: the input.
+        weight: the kernel.
+
+    Returns:
+        True when both conditions hold.
+    """
+    return (
+        x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
-        and type(x) in PLAIN
-        and type(weight) in PLAIN
+        and type(x) in _PLAIN
+        and type(weight) in _PLAIN
         and not torch.is_autocast_enabled("cpu")
         and not is_tracing()
     )
