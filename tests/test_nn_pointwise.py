@@ -21,6 +21,7 @@ from fctc.nn import conv
     seed=st.integers(0, 2**16),
 )
 def test_output_and_gradients_match_conv1d(batch, c_in, c_out, frames, bias, seed):
+    torch.set_num_threads(2)  # the path's condition (the suite restores the thread count)
     layer = nn.conv1d(c_in, c_out, 1, bias=bias)
     params, state = layer.init(random.key(seed))
     g = torch.Generator().manual_seed(seed)
@@ -37,6 +38,7 @@ def test_output_and_gradients_match_conv1d(batch, c_in, c_out, frames, bias, see
 
 
 def test_only_eager_float32_cpu_kernel_one_stride_one_one_group():
+    torch.set_num_threads(2)
     x, w = torch.randn(2, 4, 10), torch.randn(6, 4, 1)
     assert conv._pointwise(x, w, 1, 0, 1)
     assert conv._pointwise(x, w, 1, "same", 1)
@@ -71,3 +73,27 @@ def test_an_utterance_does_not_depend_on_its_batch_or_grad_mode(threads):
     ps = {k: v.clone().requires_grad_() for k, v in params.items()}
     tracked, _ = layer.apply(ps, state, batch.requires_grad_())
     assert torch.equal(tracked.detach(), together)
+
+
+def test_only_where_conv1d_would_take_onednn():
+    """torch's rule for 1x1 kernels: oneDNN with more than one thread or 16 or more
+    utterances; its own product otherwise, which the path leaves it."""
+    x, w = torch.randn(15, 4, 10), torch.randn(6, 4, 1)
+    torch.set_num_threads(1)
+    assert not conv._pointwise(x, w, 1, 0, 1)
+    assert conv._pointwise(torch.randn(16, 4, 10), w, 1, 0, 1)
+    torch.set_num_threads(2)
+    assert conv._pointwise(x, w, 1, 0, 1)
+
+
+def test_one_thread_gives_the_same_bits_on_either_side_of_the_batch_rule():
+    """With one thread an utterance's output is the same in a batch of 3 (F.conv1d's own
+    product) and of 16 (the bmm), so the route a batch takes does not show in the numbers."""
+    torch.set_num_threads(1)
+    layer = nn.conv1d(64, 96, 1)
+    params, state = layer.init(random.key(2))
+    g = torch.Generator().manual_seed(2)
+    big = torch.randn(16, 64, 50, generator=g)
+    small, _ = layer.apply(params, state, big[:3])
+    large, _ = layer.apply(params, state, big)
+    assert torch.equal(small, large[:3])

@@ -8,10 +8,12 @@ On the CPU two kinds of convolution take another route to the same sums:
   times faster than ``F.conv1d`` there);
 - pointwise convolutions (kernel size 1, stride 1: QuartzNet's and Citrinet's channel
   mixers and the CTC decoder) are a matrix product per utterance, ``weight[:, :, 0] @ x[b]``,
-  and run as one ``bmm``. ``F.conv1d`` sends them to oneDNN, whose primitives the
-  default recipe's run kept building and reordering for its bucketed lengths: 400 training
-  steps of it took about 1.2x as long that way with two threads (a layer timed alone, on
-  repeated shapes, is about as fast either way).
+  and run as one ``bmm`` where ``F.conv1d`` would send them to oneDNN (more than one thread,
+  or batches of 16 or more), whose primitives the default recipe's run kept building and
+  reordering for its bucketed lengths: 400 training steps of it took about 1.2x as long that
+  way with two threads (a layer timed alone, on repeated shapes, is about as fast either
+  way). With one thread and smaller batches ``F.conv1d``'s own per-utterance product is
+  faster on small layers and gives the same bits.
 
 Both agree with ``F.conv1d`` to rounding, not bit for bit.
 """
@@ -54,14 +56,18 @@ def _padding(padding: object, stride: int) -> int | str:
 def _pointwise(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: object, groups: int) -> bool:
     """Whether the convolution is a matrix product that :func:`conv1d` runs as one: kernel
     size 1, stride 1, no padding, one group, on ``(B, C, T)`` inputs, where
-    :func:`fctc.nn.depthwise.eager_cpu_float32` allows."""
+    :func:`fctc.nn.depthwise.eager_cpu_float32` allows, and where ``F.conv1d`` would hand it
+    to oneDNN (torch's rule for 1x1 kernels: more than one thread, or a batch of 16 or more),
+    which builds a primitive for every new shape. Otherwise ``F.conv1d`` runs its own matrix
+    product per utterance, faster on small layers, with the same bits."""
     return (
         weight.shape[-1] == 1
         and stride == 1
         and padding in (0, "valid", "same")
         and groups == 1
         and x.dim() == 3
-        and depthwise.eager_cpu_float32(x, weight)
+        and depthwise.eager_cpu_float32(x, weight)  # first: never traced past here
+        and (x.shape[0] >= 16 or torch.get_num_threads() > 1)
     )
 
 
@@ -162,8 +168,9 @@ def conv1d(
             return depthwise.depthwise_conv1d(x, weight, b, padding, dilation), state
         if _pointwise(x, weight, stride, padding, groups):
             # bmm, one product per utterance: torch.matmul would fold the batch into one
-            # product or not depending on requires_grad, and so round differently.
-            y = torch.bmm(weight[:, :, 0].expand(x.shape[0], -1, -1), x)
+            # product or not depending on requires_grad, and so round differently. (squeeze,
+            # a view, differentiates without the copy that indexing's backward makes.)
+            y = torch.bmm(weight.squeeze(-1).expand(x.shape[0], -1, -1), x)
             return (y if b is None else y + b.unsqueeze(-1)), state
         return F.conv1d(x, weight, b, stride, padding, dilation, groups), state
 
