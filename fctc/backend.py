@@ -42,6 +42,7 @@ __all__ = [
     "value_and_grad",
     "grad",
     "vjp",
+    "differentiable",
     "vmap",
     "jit",
     "jit_trees",
@@ -304,7 +305,9 @@ def _func_path(fn, nums, argnums, has_aux, args, kwargs):
 
 
 def _leaf_inputs(tree: Any, what: str) -> tuple[list[torch.Tensor], Any]:
-    """Detached copies of ``tree``'s leaves that require grad, and its treedef (eager paths)."""
+    """The leaves to differentiate with respect to, and ``tree``'s treedef (eager paths):
+    detached copies that require grad, or the leaves themselves when every one already is a
+    distinct autograd leaf that requires grad (what :func:`differentiable` makes)."""
     xs, spec = _tree.flatten(tree)
     for x in xs:
         if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
@@ -312,7 +315,30 @@ def _leaf_inputs(tree: Any, what: str) -> tuple[list[torch.Tensor], Any]:
                 f"{what} must be a pytree of floating tensors; found a leaf of type "
                 f"{getattr(x, 'dtype', type(x).__name__)}"
             )
+    if all(x.requires_grad and x.is_leaf for x in xs) and len(set(map(id, xs))) == len(xs):
+        return xs, spec
     return [x.detach().requires_grad_(True) for x in xs], spec
+
+
+def differentiable(tree: Any) -> Any:
+    """``tree`` with every leaf replaced by a detached copy that requires grad (eagerly).
+
+    :func:`vjp`, :func:`value_and_grad` and :func:`grad` make such copies of their primals at
+    every call; given a tree made here they use its leaves as they are. A loop that
+    differentiates several functions of the same parameters (micro-batches of one step) makes
+    the copies once. Under tracing (``torch.func`` transforms, ``torch.compile``) the tree
+    comes back unchanged.
+
+    Args:
+      tree: a pytree of floating tensors.
+
+    Returns:
+      The tree of copies (their values are ``tree``'s: no data is copied).
+    """
+    if is_tracing():
+        return tree
+    xs, spec = _leaf_inputs(tree, "differentiable: tree")
+    return _tree.unflatten(spec, xs)
 
 
 def _regroup(flats: list, gs: Sequence[torch.Tensor | None]) -> list[Any]:
@@ -388,6 +414,8 @@ def vjp(fn: Callable[..., Any], *primals: Any, has_aux: bool = False):
     that get no cotangent) and returns a tuple with one gradient pytree per primal. It may be
     called several times, which is how one forward pass serves several losses (multi-loss
     routing). Leaves of ``out`` that no cotangent reaches cost nothing in the backward pass.
+    Eagerly the primals' leaves are detached copies; a tree from :func:`differentiable` is
+    used as it is.
 
     Args:
       fn: the function.

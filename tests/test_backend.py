@@ -92,6 +92,57 @@ def test_value_and_grad_unused_leaves_and_constant_functions_get_zeros():
     ft.assert_trees_equal(grads, fctc.tree.zeros_like(params))
 
 
+def test_vjp_matches_autograd_and_may_be_called_again(batch):
+    params = make_params()
+    value, grads = autograd_reference(loss_fn, (params, *batch), (0,))
+    out, vjp_fn, aux = backend.vjp(lambda p: (loss_fn(p, *batch), {"aux": p["scale"] * 2}), params, has_aux=True)
+    torch.testing.assert_close(out, value)
+    assert not out.requires_grad and not aux["aux"].requires_grad
+    for _ in range(2):  # the graph is kept for further calls
+        (got,) = vjp_fn(torch.ones_like(out))
+        ft.assert_trees_allclose(got, grads[0])
+    (half,) = vjp_fn(torch.full_like(out, 0.5))
+    ft.assert_trees_allclose(half, fctc.tree.map(lambda g: g * 0.5, grads[0]))
+
+
+def test_differentiable_copies_are_used_as_they_are_with_the_same_gradients(batch):
+    params = make_params()
+    copies = backend.differentiable(params)
+    leaves, originals = fctc.tree.leaves(copies), fctc.tree.leaves(params)
+    assert all(c.requires_grad and c.is_leaf for c in leaves)
+    assert not any(p.requires_grad for p in originals)  # the originals are untouched
+    assert all(c.data_ptr() == p.data_ptr() for c, p in zip(leaves, originals))  # no data copied
+    assert fctc.tree.leaves(backend.differentiable(copies)) == leaves  # already differentiable
+    want = backend.grad(loss_fn)(params, *batch)
+    for _ in range(2):  # one set of copies serves several differentiations
+        ft.assert_trees_equal(backend.grad(loss_fn)(copies, *batch), want)
+        out, vjp_fn = backend.vjp(lambda p: loss_fn(p, *batch), copies)
+        ft.assert_trees_equal(vjp_fn(torch.ones_like(out))[0], want)
+    assert all(c.grad is None for c in leaves)  # gradients are returned, never accumulated
+
+
+def test_a_tensor_twice_in_the_primals_gets_a_gradient_per_position():
+    """JAX semantics: every leaf is its own input, even when two leaves are one tensor (tied
+    weights); such a tree is never used as it is, not even when the tensor requires grad."""
+    w = torch.ones(3, requires_grad=True)
+    tied = {"a": w, "b": w}
+    out, vjp_fn = backend.vjp(lambda p: (p["a"] * 2 + p["b"] * 3).sum(), tied)
+    (grads,) = vjp_fn(torch.ones_like(out))
+    ft.assert_trees_equal(grads, {"a": torch.full((3,), 2.0), "b": torch.full((3,), 3.0)})
+
+
+def test_differentiable_under_tracing_is_the_identity():
+    params = {"w": torch.ones(3)}
+    seen = []
+
+    def f(w):
+        seen.append(backend.differentiable({"w": w})["w"] is w)
+        return (w * 2).sum()
+
+    torch.func.grad(f)(params["w"])
+    assert seen == [True]
+
+
 def test_value_and_grad_works_under_no_grad_and_keeps_dtype():
     p = {"w": torch.ones(2, dtype=torch.float32), "h": torch.ones(2, dtype=torch.float16)}
     with torch.no_grad():

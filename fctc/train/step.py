@@ -276,9 +276,12 @@ class TrainStep:
         logged: dict[str, torch.Tensor] = {}
         stats, weight = WeightedMean(), None
         micro = _micro_batches(batch, self.accum_steps)
+        # The micro-batches differentiate the same parameters: one set of leaves for all.
+        params = state.params if len(micro) == 1 else backend.differentiable(state.params)
+        flat: dict[str, tuple[list, Any]] = {}  # the running sums, flat, while accumulating
         for i, (mb, share) in enumerate(micro):
             mkey = key if len(micro) == 1 else _random.fold_in(key, i)
-            losses, vjp_fn, aux = backend.vjp(self._forward(mb, mkey, model_state), state.params, has_aux=True)
+            losses, vjp_fn, aux = backend.vjp(self._forward(mb, mkey, model_state), params, has_aux=True)
             model_state, mb_logged, mb_stats, mb_weight = aux
             for name, value in losses.items():
                 ct = torch.full_like(value, share) if scale is None else share * scale
@@ -288,10 +291,8 @@ class TrainStep:
                 if scale is not None:
                     grads = self.loss_scale.unscale(grads, state.loss_scale)
                 if name in total_grads:
-                    gs, spec = _tree.flatten(total_grads[name])
-                    total_grads[name] = _tree.unflatten(
-                        spec, torch._foreach_add(gs, spec.flatten_up_to(grads))
-                    )
+                    gs, spec = flat[name] if name in flat else _tree.flatten(total_grads[name])
+                    flat[name] = (torch._foreach_add(gs, spec.flatten_up_to(grads)), spec)
                     total_loss[name] = total_loss[name] + share * value
                 else:
                     total_grads[name] = grads
@@ -304,6 +305,8 @@ class TrainStep:
             # Drop this micro-batch's autograd graph (kept for repeated vjp calls) before the
             # next forward pass, so only one micro-batch's activations are alive at a time.
             del vjp_fn, losses
+        for name, (gs, spec) in flat.items():
+            total_grads[name] = _tree.unflatten(spec, gs)
         return total_loss, total_grads, model_state, labels, self._logged(logged, stats, weight)
 
     @staticmethod
