@@ -602,16 +602,17 @@ def markdown(result: dict) -> str:
         f"{a.get('clock', 'wall')} clock)",
         "",
         "| row | step ms | utt/s | audio s/s | speed vs ref | ref | vs torch, same work "
-        "| peak MB | first step s | compile s |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| paired by round | peak MB | first step s | compile s |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         mem = r.get("memory") or {}
-        vs_torch = r.get("speed_vs_torch")
+        vs_torch, paired = r.get("speed_vs_torch"), r.get("paired_vs_torch")
         lines.append(
             f"| {r['name']} | {r['step_ms']:.1f} | {r['utt_per_s']:.2f} | "
             f"{r['audio_s_per_s']:.1f} | {r['speed_vs_ref']:.2f}x | {r['ref']} | "
             f"{_fmt(vs_torch)}{'x' if vs_torch is not None else ''} | "
+            f"{_fmt(paired)}{'x' if paired is not None else ''} | "
             f"{_fmt(mem.get('peak_mb'), '.0f')} | "
             f"{r['first_step_s']:.2f} | {_fmt(r['compile_s'])} |"
         )
@@ -677,8 +678,29 @@ def _arguments(argv) -> tuple[argparse.Namespace, torch.device, list[str]]:
     return args, device, precisions
 
 
-def _timed_rows(specs, timing, batch: int, seconds_per_batch: float) -> list[dict]:
-    """One result row per spec: median step time, throughputs, ratio to its reference."""
+def paired_ratio(ref_times: list[float], times: list[float], per_round: int) -> float:
+    """The median over rounds of ``ref``'s median step time in a round divided by the row's in
+    the same round: the rows take turns, so a machine whose speed drifts slows both sides of
+    each ratio alike (on a shared CPU the step time can change by a third within minutes).
+
+    Args:
+        ref_times: the reference row's step times, in round order.
+        times: the row's, in the same order.
+        per_round: steps per row and round.
+
+    Returns:
+        The ratio (above 1: the row is faster).
+    """
+    ratios = [
+        statistics.median(ref_times[i : i + per_round]) / statistics.median(times[i : i + per_round])
+        for i in range(0, min(len(ref_times), len(times)), per_round)
+    ]
+    return statistics.median(ratios)
+
+
+def _timed_rows(specs, timing, batch: int, seconds_per_batch: float, per_round: int) -> list[dict]:
+    """One result row per spec: median step time, throughputs, ratios to its reference and to
+    the imperative loop doing the same work (of the medians, and paired round by round)."""
     rows = []
     for s in specs:
         ts = timing["times"][s["name"]]
@@ -698,6 +720,10 @@ def _timed_rows(specs, timing, batch: int, seconds_per_batch: float) -> list[dic
         # Against the imperative loop doing the same work (same precision and accumulation).
         torch_row = by_name.get(_torch_row(r))
         r["speed_vs_torch"] = None if torch_row is None else torch_row["step_ms"] / r["step_ms"]
+        r["paired_vs_torch"] = (
+            None if torch_row is None
+            else paired_ratio(torch_row["step_times_s"], r["step_times_s"], per_round)
+        )
     return rows
 
 
@@ -760,7 +786,7 @@ def main(argv=None) -> dict:
     machine["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
     seconds_per_batch = statistics.mean(audio_seconds(b) for b in batches)
-    rows = _timed_rows(specs, timing, args.batch, seconds_per_batch)
+    rows = _timed_rows(specs, timing, args.batch, seconds_per_batch, args.per_round)
     if not args.no_memory:
         _add_memory(rows, specs, args)
 

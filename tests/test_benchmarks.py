@@ -56,6 +56,15 @@ def test_micro_bounds_cover_the_batch():
     assert ts.micro_bounds(4, 1) == [(0, 4)]
 
 
+def test_paired_ratio_cancels_a_drifting_machine():
+    """Round by round the row takes half the reference's time while the machine slows down
+    threefold: the paired ratio is 2 exactly, the ratio of the medians is not."""
+    ref = [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+    row = [0.5, 0.5, 1.0, 1.0, 1.5, 1.5]
+    assert ts.paired_ratio(ref, row, per_round=2) == 2.0
+    assert ts.paired_ratio(ref, [3.0, 3.0, 1.0, 1.0, 1.5, 1.5], per_round=2) == 2.0  # median of 1/3, 2, 2
+
+
 def test_quick_run_writes_complete_json(tmp_path):
     out = tmp_path / "results.json"
     res = subprocess.run(
@@ -85,6 +94,11 @@ def test_quick_run_writes_complete_json(tmp_path):
             r["speed_vs_ref"], rows[r["ref"]]["step_ms"] / r["step_ms"], rel_tol=1e-9
         )
     assert rows["torch eager fp32"]["speed_vs_ref"] == 1.0
+    assert rows["torch eager fp32"]["paired_vs_torch"] == 1.0
+    assert rows["fctc eager fp32 accum4"]["paired_vs_torch"] == ts.paired_ratio(
+        rows["torch eager fp32 accum4"]["step_times_s"], rows["fctc eager fp32 accum4"]["step_times_s"],
+        data["args"]["per_round"],
+    )
     assert rows["fctc eager fp32 accum4"]["ref"] == "fctc eager fp32"
     for name in ("torch eager fp32", "fctc eager fp32"):
         mem = rows[name]["memory"]
