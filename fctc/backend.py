@@ -304,10 +304,11 @@ def _func_path(fn, nums, argnums, has_aux, args, kwargs):
     return ((value, aux) if has_aux else value), grads
 
 
-def _leaf_inputs(tree: Any, what: str) -> tuple[list[torch.Tensor], Any]:
-    """The leaves to differentiate with respect to, and ``tree``'s treedef (eager paths):
-    detached copies that require grad, or the leaves themselves when every one already is a
-    distinct autograd leaf that requires grad (what :func:`differentiable` makes)."""
+def _leaf_inputs(tree: Any, what: str) -> tuple[Any, list[torch.Tensor], Any]:
+    """The tree to call the function with, its leaves to differentiate with respect to, and
+    ``tree``'s treedef (eager paths): detached copies that require grad, or ``tree`` and its
+    leaves themselves when every leaf already is a distinct autograd leaf that requires grad
+    (what :func:`differentiable` makes; then nothing is rebuilt)."""
     xs, spec = _tree.flatten(tree)
     for x in xs:
         if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
@@ -316,8 +317,9 @@ def _leaf_inputs(tree: Any, what: str) -> tuple[list[torch.Tensor], Any]:
                 f"{getattr(x, 'dtype', type(x).__name__)}"
             )
     if all(x.requires_grad and x.is_leaf for x in xs) and len(set(map(id, xs))) == len(xs):
-        return xs, spec
-    return [x.detach().requires_grad_(True) for x in xs], spec
+        return tree, xs, spec
+    xs = [x.detach().requires_grad_(True) for x in xs]
+    return _tree.unflatten(spec, xs), xs, spec
 
 
 def differentiable(tree: Any) -> Any:
@@ -337,8 +339,7 @@ def differentiable(tree: Any) -> Any:
     """
     if is_tracing():
         return tree
-    xs, spec = _leaf_inputs(tree, "differentiable: tree")
-    return _tree.unflatten(spec, xs)
+    return _leaf_inputs(tree, "differentiable: tree")[0]
 
 
 def _regroup(flats: list, gs: Sequence[torch.Tensor | None]) -> list[Any]:
@@ -365,8 +366,7 @@ def _autograd_path(fn, nums, argnums, has_aux, args, kwargs):
     args = list(args)
     flats = []
     for n in nums:
-        xs, spec = _leaf_inputs(args[n], f"value_and_grad: argument {n}")
-        args[n] = _tree.unflatten(spec, xs)
+        args[n], xs, spec = _leaf_inputs(args[n], f"value_and_grad: argument {n}")
         flats.append((xs, spec))
     with torch.enable_grad():
         out = fn(*args, **kwargs)
@@ -440,8 +440,9 @@ def vjp(fn: Callable[..., Any], *primals: Any, has_aux: bool = False):
 
         return (out, vjp_fn_traced, res[2]) if has_aux else (out, vjp_fn_traced)
 
-    flats = [_leaf_inputs(primal, f"vjp: primal {n}") for n, primal in enumerate(primals)]
-    args = [_tree.unflatten(spec, xs) for xs, spec in flats]
+    inputs = [_leaf_inputs(primal, f"vjp: primal {n}") for n, primal in enumerate(primals)]
+    args = [tree for tree, _, _ in inputs]
+    flats = [(xs, spec) for _, xs, spec in inputs]
     with torch.enable_grad():
         res = fn(*args)
     out, aux = (res if has_aux else (res, None))

@@ -112,13 +112,19 @@ def test_differentiable_copies_are_used_as_they_are_with_the_same_gradients(batc
     assert all(c.requires_grad and c.is_leaf for c in leaves)
     assert not any(p.requires_grad for p in originals)  # the originals are untouched
     assert all(c.data_ptr() == p.data_ptr() for c, p in zip(leaves, originals))  # no data copied
-    assert fctc.tree.leaves(backend.differentiable(copies)) == leaves  # already differentiable
+    assert backend.differentiable(copies) is copies  # already differentiable: nothing rebuilt
     want = backend.grad(loss_fn)(params, *batch)
     for _ in range(2):  # one set of copies serves several differentiations
         ft.assert_trees_equal(backend.grad(loss_fn)(copies, *batch), want)
         out, vjp_fn = backend.vjp(lambda p: loss_fn(p, *batch), copies)
         ft.assert_trees_equal(vjp_fn(torch.ones_like(out))[0], want)
     assert all(c.grad is None for c in leaves)  # gradients are returned, never accumulated
+    seen = []  # the functions get the tree itself, not a tree rebuilt from its leaves
+    backend.vjp(lambda p: seen.append(p) or loss_fn(p, *batch), copies)
+    backend.grad(lambda p: seen.append(p) or loss_fn(p, *batch))(copies)
+    assert seen[0] is copies and seen[1] is copies
+    backend.vjp(lambda p: seen.append(p) or loss_fn(p, *batch), params)
+    assert seen[2] is not params and fctc.tree.leaves(seen[2])[0] is not originals[0]
 
 
 def test_a_tensor_twice_in_the_primals_gets_a_gradient_per_position():

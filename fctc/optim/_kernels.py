@@ -339,23 +339,12 @@ def _adam_fused_apply(gs, ms, vs, ps, keep, step, h: AdamHyper, grad_scale, dona
     return new_p, mu, nu
 
 
-#: Leaves below this many elements are copied by ``clone`` (see :func:`_copies`).
-_CLONE_MAX = 2**15
-
-
 def _copies(xs: list) -> list:
-    """Fresh buffers holding the tensors' values, for the in-place kernel to work on.
-
-    Small leaves only (a small model's parameters and moments): a ``clone`` each, about half
-    the time of the multiplication below on such sizes, where the per-leaf dispatch is the cost.
-    Otherwise one ``_foreach_mul`` by 1 (a single dispatch, faster on large leaves): ``x * 1 ==
-    x`` exactly, signed zeros and infinities included. Only a NaN may come back as another NaN,
-    and subnormals are flushed where the process flushes them (then the kernel flushes them
-    too): either way the kernel's results are the same as on exact copies.
-    """
-    if all(x.numel() < _CLONE_MAX for x in xs):
-        return [x.clone() for x in xs]
-    return list(torch._foreach_mul(xs, 1.0))
+    """Fresh buffers holding the tensors' values, for the in-place kernel to work on: one
+    ``_foreach_clone`` (a single dispatch for all leaves; measured faster than a ``clone`` per
+    leaf or a ``_foreach_mul`` by 1 at every size, from a small model's leaves to 1M-element
+    ones)."""
+    return list(torch._foreach_clone(xs))
 
 
 def _split_by_size(big_fn, small_fn, n_out, *lists):

@@ -291,8 +291,12 @@ class TrainStep:
                 if scale is not None:
                     grads = self.loss_scale.unscale(grads, state.loss_scale)
                 if name in total_grads:
-                    gs, spec = flat[name] if name in flat else _tree.flatten(total_grads[name])
-                    flat[name] = (torch._foreach_add(gs, spec.flatten_up_to(grads)), spec)
+                    if name in flat:  # the sums are this step's own buffers: added in place
+                        gs, spec = flat[name]
+                        torch._foreach_add_(gs, spec.flatten_up_to(grads))
+                    else:  # the first sum makes them
+                        gs, spec = _tree.flatten(total_grads[name])
+                        flat[name] = (list(torch._foreach_add(gs, spec.flatten_up_to(grads))), spec)
                     total_loss[name] = total_loss[name] + share * value
                 else:
                     total_grads[name] = grads
