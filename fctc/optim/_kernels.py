@@ -341,9 +341,9 @@ def _adam_fused_apply(gs, ms, vs, ps, keep, step, h: AdamHyper, grad_scale, dona
 
 def _copies(xs: list) -> list:
     """Fresh buffers holding the tensors' values, for the in-place kernel to work on: one
-    ``_foreach_clone`` (a single dispatch for all leaves; measured faster than a ``clone`` per
-    leaf or a ``_foreach_mul`` by 1 at every size, from a small model's leaves to 1M-element
-    ones)."""
+    ``_foreach_clone``, a single dispatch for all leaves (measured on one thread: about as fast
+    as a ``clone`` per leaf on the tiny model's 35 leaves and faster on QuartzNet 5x5's 128,
+    and faster than a ``_foreach_mul`` by 1 on both)."""
     return list(torch._foreach_clone(xs))
 
 
