@@ -335,7 +335,11 @@ def differentiable(tree: Any) -> Any:
       tree: a pytree of floating tensors.
 
     Returns:
-      The tree of copies (their values are ``tree``'s: no data is copied).
+      The tree of copies (their values are ``tree``'s: no data is copied); ``tree`` itself
+      when it already is such a tree (every leaf a distinct autograd leaf requiring grad).
+
+    Raises:
+      TypeError: a leaf is not a floating tensor.
     """
     if is_tracing():
         return tree
