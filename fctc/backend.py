@@ -414,10 +414,13 @@ def vjp(fn: Callable[..., Any], *primals: Any, has_aux: bool = False):
     """Evaluate ``fn(*primals)`` and return ``(out, vjp_fn)`` (``(out, vjp_fn, aux)`` with
     ``has_aux``), JAX style.
 
-    ``vjp_fn(cotangents)`` takes a pytree shaped like ``out`` (tensors, or ``None`` for outputs
-    that get no cotangent) and returns a tuple with one gradient pytree per primal. It may be
-    called several times, which is how one forward pass serves several losses (multi-loss
-    routing). Leaves of ``out`` that no cotangent reaches cost nothing in the backward pass.
+    ``vjp_fn(cotangents, *, retain_graph=True)`` takes a pytree shaped like ``out`` (tensors,
+    or ``None`` for outputs that get no cotangent) and returns a tuple with one gradient pytree
+    per primal. It may be called several times, which is how one forward pass serves several
+    losses (multi-loss routing). Leaves of ``out`` that no cotangent reaches cost nothing in the
+    backward pass. Eagerly, ``retain_graph=False`` marks the last call: the backward pass frees
+    the graph's saved tensors as it goes (as ``loss.backward()`` does), and a later call raises
+    autograd's ``RuntimeError``; under tracing the flag changes nothing.
     Eagerly the primals' leaves are detached copies; a tree from :func:`differentiable` is
     used as it is.
 
@@ -433,7 +436,7 @@ def vjp(fn: Callable[..., Any], *primals: Any, has_aux: bool = False):
         res = torch.func.vjp(fn, *primals, has_aux=has_aux)
         out, inner = res[0], res[1]
 
-        def vjp_fn_traced(cotangents):
+        def vjp_fn_traced(cotangents, *, retain_graph=True):
             ct = _tree.map(
                 lambda o, c: torch.zeros_like(o) if c is None else c,
                 out,
@@ -453,18 +456,18 @@ def vjp(fn: Callable[..., Any], *primals: Any, has_aux: bool = False):
     out_leaves, out_spec = _tree.flatten(out)
     all_inputs = [x for xs, _ in flats for x in xs]
 
-    def vjp_fn(cotangents):
+    def vjp_fn(cotangents, *, retain_graph=True):
         cts = out_spec.flatten_up_to(cotangents) if cotangents is not None else []
         pairs = [(o, c) for o, c in zip(out_leaves, cts) if c is not None and o.requires_grad]
         if pairs and all_inputs:
-            # The graph is kept for further calls; a compiled forward (jit_trees) then needs a
-            # backward without AOTAutograd's donated buffers, decided when it is compiled here.
+            # The graph may be kept for further calls; a compiled forward (jit_trees) then needs
+            # a backward without AOTAutograd's donated buffers, decided when it is compiled here.
             with _tree_jit.no_donated_buffers():
                 gs = torch.autograd.grad(
                     [o for o, _ in pairs],
                     all_inputs,
                     grad_outputs=[c for _, c in pairs],
-                    retain_graph=True,
+                    retain_graph=retain_graph,
                     allow_unused=True,
                 )
         else:

@@ -105,6 +105,18 @@ def test_vjp_matches_autograd_and_may_be_called_again(batch):
     ft.assert_trees_allclose(half, fctc.tree.map(lambda g: g * 0.5, grads[0]))
 
 
+def test_vjp_last_call_frees_the_graph(batch):
+    """``retain_graph=False`` gives the same gradients and frees the graph: a further call
+    fails the way autograd does, instead of silently returning something."""
+    params = make_params()
+    out, vjp_fn = backend.vjp(lambda p: loss_fn(p, *batch), params)
+    (kept,) = vjp_fn(torch.ones_like(out))
+    (last,) = vjp_fn(torch.ones_like(out), retain_graph=False)
+    ft.assert_trees_equal(last, kept)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        vjp_fn(torch.ones_like(out))
+
+
 def test_differentiable_copies_are_used_as_they_are_with_the_same_gradients(batch):
     params = make_params()
     copies = backend.differentiable(params)

@@ -283,9 +283,11 @@ class TrainStep:
             mkey = key if len(micro) == 1 else _random.fold_in(key, i)
             losses, vjp_fn, aux = backend.vjp(self._forward(mb, mkey, model_state), params, has_aux=True)
             model_state, mb_logged, mb_stats, mb_weight = aux
-            for name, value in losses.items():
+            last = len(losses) - 1  # the last backward pass frees the graph as it runs
+            for j, (name, value) in enumerate(losses.items()):
                 ct = torch.full_like(value, share) if scale is None else share * scale
-                (grads,) = vjp_fn({n: (ct if n == name else None) for n in losses})
+                cts = {n: (ct if n == name else None) for n in losses}
+                (grads,) = vjp_fn(cts, retain_graph=j < last)
                 if self.routed:
                     grads = group_params(grads, labels, name)
                 if scale is not None:
@@ -306,9 +308,7 @@ class TrainStep:
             if mb_stats:
                 stats.add(mb_stats, mb_weight)
                 weight = mb_weight if weight is None else weight + mb_weight
-            # Drop this micro-batch's autograd graph (kept for repeated vjp calls) before the
-            # next forward pass, so only one micro-batch's activations are alive at a time.
-            del vjp_fn, losses
+            del vjp_fn, losses  # nothing of this micro-batch's graph outlives it
         for name, (gs, spec) in flat.items():
             total_grads[name] = _tree.unflatten(spec, gs)
         return total_loss, total_grads, model_state, labels, self._logged(logged, stats, weight)
