@@ -187,6 +187,52 @@ def test_dropout_in_chain_uses_child_key():
     assert torch.equal(y, y2)
 
 
+def test_chains_of_deterministic_models_derive_no_keys(monkeypatch):
+    """No key is split for a part that draws nothing; a part that draws gets the key it got
+    before (so the numbers drawn are the same)."""
+    splits = []
+    real_split = random.split
+    monkeypatch.setattr(random, "split", lambda k, n=2: splits.append(n) or real_split(k, n))
+    seen = []
+
+    def probe(marked):
+        def apply(p, s, x, train=False, key=None):
+            seen.append(None if key is None else tuple(key.tolist()))
+            return x, s
+        model = nn.Model(lambda key=None: ({}, {}), apply)
+        return nn.deterministic(model) if marked else model
+
+    quiet = nn.serial(nn.relu(), nn.dropout(0.0), nn.serial(probe(True), nn.tanh()))
+    assert not nn.uses_key(quiet)
+    x = torch.rand(4, 3)
+    y, _ = quiet.apply({}, {}, x, train=True, key=random.key(3))
+    assert torch.equal(y, torch.tanh(x)) and splits == [] and seen == [None]
+    lengths = torch.tensor([3, 2, 1, 3])
+    assert not nn.uses_key(nn.sequential(nn.masked(nn.relu()), nn.masked(nn.dropout(0.0))))
+    assert not nn.uses_key(nn.masked(nn.linear(3, 3)))
+
+    seen.clear()
+    drawing = nn.serial(nn.relu(), nn.serial(probe(False), nn.tanh()))
+    assert nn.uses_key(drawing) and nn.uses_key(nn.dropout(0.1)) and nn.uses_key(probe(False))
+    drawing.apply({}, {}, x, train=True, key=random.key(3))
+    inner = real_split(real_split(random.key(3), 2)[1], 2)[0]
+    assert seen == [tuple(inner.tolist())] and splits == [2, 2]
+    (z, _), _ = nn.sequential(nn.masked(nn.relu())).apply({}, {}, x, lengths, train=True, key=random.key(1))
+    assert torch.equal(z, torch.relu(x)) and splits == [2, 2]
+
+
+def test_deterministic_marks_any_callable_apply():
+    class Layer:
+        def apply(self, params, state, x, *, train=False, key=None):
+            return x + 1, state
+
+    model = nn.deterministic(nn.Model(lambda key=None: ({}, {}), Layer().apply))
+    assert not nn.uses_key(model) and nn.uses_key(nn.Model(lambda key=None: ({}, {}), Layer().apply))
+    assert torch.equal(model.apply({}, {}, torch.zeros(2), train=True)[0], torch.ones(2))
+    relu = nn.relu()
+    assert nn.deterministic(relu) is relu  # a function takes the mark itself
+
+
 def test_combinator_errors():
     with pytest.raises(TypeError, match=r"call layer factories, e.g. relu\(\) not relu"):
         nn.serial(nn.relu)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from .. import nn as _nn
-from ..nn.core import Model
+from ..nn.core import Model, deterministic
 from .quartznet import (
     _check_dropout,
     _check_int,
@@ -138,7 +138,7 @@ def squeeze_excite(channels: int, reduction: int = SE_REDUCTION, masked: bool = 
         y = x * torch.sigmoid(gate).unsqueeze(-1)
         return (y, lengths), {"layer": {"0": {"fc": fc_state}}}
 
-    return Model(init, apply)
+    return deterministic(Model(init, apply))  # fc is linear, relu, linear: it draws nothing
 
 
 def citrinet_encoder(

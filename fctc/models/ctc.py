@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .. import random as _random
-from ..nn.core import Model
+from ..nn.core import Model, deterministic, uses_key
 
 __all__ = ["ctc_model", "CTC_PARTS"]
 
@@ -56,7 +56,8 @@ def ctc_model(front_end: Model, encoder: Model, decoder: Model) -> Model:
     ``apply(params, state, audio, lengths, train=False, key=None)`` returns
     ``((logits (B, num_classes, T), out_lengths), state)``: thunder's
     ``BaseCTCModule.forward``. ``key`` is split three ways (front end: dither; encoder:
-    dropout; decoder), so each part's randomness is independent; ``train`` reaches all three.
+    dropout; decoder), so each part's randomness is independent (when no part draws, none is
+    split: :func:`~fctc.nn.core.deterministic`); ``train`` reaches all three.
 
     Params and state are ``{"encoder": ..., "decoder": ..., "audio_transform": ...}``. A
     part without entries may be left out (a tree loaded back from a ``state_dict`` has no
@@ -76,6 +77,7 @@ def ctc_model(front_end: Model, encoder: Model, decoder: Model) -> Model:
     front_end = _check_model(front_end, "front_end")
     encoder = _check_model(encoder, "encoder")
     decoder = _check_model(decoder, "decoder")
+    keyed = any(uses_key(m) for m in (front_end, encoder, decoder))
 
     def init(key: torch.Tensor):
         k_front, k_enc, k_dec = _random.split(key, 3)
@@ -89,7 +91,7 @@ def ctc_model(front_end: Model, encoder: Model, decoder: Model) -> Model:
     def apply(params, state, audio, lengths, *, train=False, key=None):
         params = _parts(params, "params")
         state = _parts(state, "state")
-        if key is None:
+        if key is None or not keyed:
             k_front = k_enc = k_dec = None
         else:
             k_front, k_enc, k_dec = _random.split(key, 3)
@@ -118,4 +120,4 @@ def ctc_model(front_end: Model, encoder: Model, decoder: Model) -> Model:
                 new_state[name] = s
         return (logits, out_lengths), new_state
 
-    return Model(init, apply)
+    return Model(init, apply) if keyed else deterministic(Model(init, apply))

@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import random as _random
 from ..audio import augment_features, augment_waveform
-from ..nn.core import Model
+from ..nn.core import Model, deterministic
 
 __all__ = ["augmented_front_end", "cached_front_end", "identity_front_end"]
 
@@ -40,7 +40,7 @@ def identity_front_end(init: Callable[..., Any] | None = None) -> Model:
     def apply(params, state, features, lengths, *, train=False, key=None):
         return (features, lengths), state
 
-    return Model(_no_state if init is None else init, apply)
+    return deterministic(Model(_no_state if init is None else init, apply))
 
 
 def augmented_front_end(

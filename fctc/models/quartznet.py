@@ -24,7 +24,15 @@ import torch
 
 from .. import nn as _nn
 from .. import random as _random
-from ..nn.core import Model, check_lengths, check_rank, lengths_follow, padding_mask
+from ..nn.core import (
+    Model,
+    check_lengths,
+    check_rank,
+    deterministic,
+    lengths_follow,
+    padding_mask,
+    uses_key,
+)
 
 __all__ = [
     "masked_conv1d",
@@ -144,7 +152,7 @@ def masked_conv1d(
         lengths_follow(out_lengths, lengths, lambda n: (n + 2 * padding - span) // stride + 1)
         return (y, out_lengths), state
 
-    return Model(init, apply)
+    return deterministic(Model(init, apply))
 
 
 def _conv_bn(
@@ -231,6 +239,7 @@ def conv_block(
         res_stride = stride if (stride == 1 or stride_last_only) else stride**repeat
         res = _nn.sequential(*_conv_bn(in_channels, out_channels, 1, res_stride, 1, 0, False))
     mout = _nn.sequential(*_relu_dropout(dropout))
+    keyed = any(uses_key(m) for m in (mconv, res, mout) if m is not None)
 
     def init(key):
         k_conv, k_res, k_out = _random.split(key, 3)
@@ -242,8 +251,8 @@ def conv_block(
         return params, state
 
     def apply(params, state, x, lengths, *, train=False, key=None):
-        # Only dropout draws random numbers: skip deriving keys that nothing would use.
-        k_conv, k_res, k_out = _split(key if (train and dropout > 0) else None, 3)
+        # Skip deriving keys that nothing would use (without dropout nothing draws).
+        k_conv, k_res, k_out = _split(key if (train and keyed) else None, 3)
         new_state = {}
         (y, out_lengths), new_state["mconv"] = mconv.apply(
             params.get("mconv", {}), state.get("mconv", {}), x, lengths, train=train, key=k_conv
@@ -258,7 +267,7 @@ def conv_block(
         )
         return (y, out_lengths), new_state
 
-    return Model(init, apply)
+    return Model(init, apply) if keyed else deterministic(Model(init, apply))
 
 
 # ------------------------------------------------------------------------------ validation
@@ -312,7 +321,8 @@ def _encoder(blocks: Sequence[Model], feat_in: int, name: str) -> Model:
         _check_input(x, lengths, feat_in, name)
         return body.apply(params, state, x, lengths, train=train, key=key)
 
-    return Model(body.init, apply)
+    model = Model(body.init, apply)
+    return model if uses_key(body) else deterministic(model)
 
 
 # --------------------------------------------------------------------------------- encoder

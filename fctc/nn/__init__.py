@@ -33,6 +33,8 @@ from .conv import (
 )
 from .core import (
     Model as Model,
+    deterministic as deterministic,
+    uses_key as uses_key,
     check_rank as check_rank,
     check_lengths as check_lengths,
     length_bounds as length_bounds,

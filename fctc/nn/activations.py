@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .core import Model
+from .core import Model, deterministic
 
 __all__ = [
     "relu",
@@ -37,7 +37,7 @@ def _elementwise(name: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Model
             raise TypeError(f"{name}: x must be a tensor, got {type(x).__name__}")
         return fn(x), state
 
-    return Model(init, apply)
+    return deterministic(Model(init, apply))
 
 
 def relu() -> Model:

@@ -11,17 +11,20 @@ Children are keyed ``"0"``, ``"1"``, ... so the "."-joined parameter paths equal
 empty dict, which :func:`fctc.tree.flatten_dict` drops, exactly as ``nn.Sequential`` has no
 keys for an activation; params loaded back from a ``state_dict`` may therefore lack those
 children, and apply accepts that. ``train`` reaches every child, and each child gets its own
-key, the ``i``-th of ``split(key, n)`` (``None`` when no key is given).
+key, the ``i``-th of ``split(key, n)`` (``None`` when no key is given). A chain whose children
+all draw no random numbers (:func:`~fctc.nn.core.deterministic`) is itself deterministic: it
+splits no key, and gives its children none.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from .. import random as _random
-from .core import Model, check_lengths, check_rank
+from .core import Model, check_lengths, check_rank, deterministic, uses_key
 
 __all__ = ["serial", "sequential", "masked"]
 
@@ -36,6 +39,14 @@ def _check_models(models: tuple, name: str) -> tuple[Model, ...]:
                 f"got {type(m).__name__}; call layer factories, e.g. relu() not relu"
             )
     return models
+
+
+def _chain(keyed: bool, init: Callable, apply: Callable) -> Model:
+    """A combinator's model, marked deterministic (:func:`~fctc.nn.core.deterministic`) when
+    no child draws (``keyed`` False): then it derives no child keys, and the chains around it
+    give it none."""
+    model = Model(init, apply)
+    return model if keyed else deterministic(model)
 
 
 def _child_keys(key: Any, n: int) -> list[Any]:
@@ -103,6 +114,7 @@ def serial(*models: Model) -> Model:
         TypeError: an argument is not a :class:`Model`.
     """
     models = _check_models(models, "serial")
+    keyed = any(map(uses_key, models))
 
     def init(key=None):
         return _init_children(models, key)
@@ -112,9 +124,10 @@ def serial(*models: Model) -> Model:
             args = carry if isinstance(carry, _Args) else (carry,)
             return m.apply(p, s, *args, train=train, key=k)
 
+        key = key if keyed else None
         return _run_chain(models, params, state, "serial", step, _Args(inputs), train, key)
 
-    return Model(init, apply)
+    return _chain(keyed, init, apply)
 
 
 class _Args(tuple):
@@ -139,6 +152,7 @@ def sequential(*models: Model) -> Model:
         ValueError, TypeError: as :func:`serial`, for no model or a non-model argument.
     """
     models = _check_models(models, "sequential")
+    keyed = any(map(uses_key, models))
 
     def init(key=None):
         return _init_children(models, key)
@@ -164,9 +178,10 @@ def sequential(*models: Model) -> Model:
                 )
             return out, s
 
+        key = key if keyed else None
         return _run_chain(models, params, state, "sequential", step, (x, lengths), train, key)
 
-    return Model(init, apply)
+    return _chain(keyed, init, apply)
 
 
 def masked(*models: Model) -> Model:
@@ -207,4 +222,4 @@ def masked(*models: Model) -> Model:
         new_state = {"layer": s} if "layer" in state or s else {}
         return (y, lengths), new_state
 
-    return Model(init, apply)
+    return _chain(uses_key(inner), init, apply)

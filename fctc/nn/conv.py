@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .. import random as _random
 from . import depthwise
-from .core import Model, check_params, check_rank
+from .core import Model, check_params, check_rank, deterministic
 from .init import Initializer, bias_uniform, kaiming_uniform
 
 __all__ = ["conv1d"]
@@ -174,4 +174,4 @@ def conv1d(
             return (y if b is None else y + b.unsqueeze(-1)), state
         return F.conv1d(x, weight, b, stride, padding, dilation, groups), state
 
-    return Model(init, apply)
+    return deterministic(Model(init, apply))

@@ -20,7 +20,13 @@ import torch
 from ..backend import checks_values, is_tracing
 from .blocks import lengths_to_mask
 
-__all__ = ["Model", "check_rank", "check_lengths", "length_bounds", "lengths_follow", "check_params"]
+__all__ = [
+    "Model",
+    "deterministic",
+    "uses_key",
+    "check_rank", "check_lengths", "length_bounds", "lengths_follow",
+    "check_params",
+]
 
 
 class Model(NamedTuple):
@@ -33,6 +39,50 @@ class Model(NamedTuple):
 
     init: Callable[..., tuple[Any, Any]]
     apply: Callable[..., tuple[Any, Any]]
+
+
+_DETERMINISTIC = "__fctc_deterministic__"
+
+
+def deterministic(model: Model) -> Model:
+    """``model`` marked as drawing no random numbers: its ``apply`` never reads ``key``.
+
+    The combinators (:func:`~fctc.nn.serial`, :func:`~fctc.nn.sequential`,
+    :func:`~fctc.nn.masked`) and the models built of parts pass ``key=None`` to a part made only
+    of such models instead of deriving keys for it (a key split costs tens of microseconds,
+    paid for every chain on every step); parts that draw get the keys they got before, so the
+    numbers drawn do not change. fctc's own layers are marked where they are deterministic
+    (dropout when ``p == 0``); an unmarked model is assumed to draw.
+
+    Args:
+        model: a model whose ``apply`` ignores ``key``.
+
+    Returns:
+        The marked model (``model`` itself when its ``apply`` takes attributes).
+    """
+    apply = model.apply
+    try:
+        setattr(apply, _DETERMINISTIC, True)
+    except (AttributeError, TypeError):  # a bound method or builtin: mark a forwarding function
+
+        def apply(*args, _inner=model.apply, **kwargs):
+            return _inner(*args, **kwargs)
+
+        setattr(apply, _DETERMINISTIC, True)
+        return Model(model.init, apply)
+    return model
+
+
+def uses_key(model: Model) -> bool:
+    """Whether ``model`` may draw random numbers (read ``key``) in training.
+
+    Args:
+        model: a model.
+
+    Returns:
+        False for a model marked by :func:`deterministic`, True otherwise.
+    """
+    return not getattr(model.apply, _DETERMINISTIC, False)
 
 
 def check_rank(x: Any, rank: int | tuple[int, ...], name: str, what: str = "x") -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 
 from .combinators import serial
 from .conv import conv1d
-from .core import Model
+from .core import Model, deterministic
 from .dropout import dropout
 from .init import xavier_uniform
 from .linear import linear
@@ -40,7 +40,7 @@ def swap_last_dimension() -> Model:
             raise ValueError(f"swap_last_dimension: x must have rank >= 2, got {got}")
         return x.transpose(-1, -2), state
 
-    return Model(init, apply)
+    return deterministic(Model(init, apply))
 
 
 def linear_decoder(decoder_input_channels: int, num_classes: int, decoder_dropout: float) -> Model:

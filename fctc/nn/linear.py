@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import random as _random
-from .core import Model, check_params
+from .core import Model, check_params, deterministic
 from .init import Initializer, bias_uniform, kaiming_uniform
 
 __all__ = ["linear"]
@@ -81,4 +81,4 @@ def linear(
             )
         return F.linear(x, params["weight"], params.get("bias")), state
 
-    return Model(init, apply)
+    return deterministic(Model(init, apply))

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .core import Model, check_params, check_rank
+from .core import Model, check_params, check_rank, deterministic
 
 __all__ = ["batch_norm", "layer_norm"]
 
@@ -138,7 +138,7 @@ def batch_norm(
             return y, state
         return _train_statistics(x, state, weight, bias, momentum, eps)
 
-    return Model(init, apply)
+    return deterministic(Model(init, apply))
 
 
 def layer_norm(
@@ -201,4 +201,4 @@ def layer_norm(
         y = F.layer_norm(x, shape, params.get("weight"), params.get("bias"), eps)
         return y, state
 
-    return Model(init, apply)
+    return deterministic(Model(init, apply))
