@@ -31,7 +31,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .backend import checks_values, is_tracing
+from .backend import checks_values, host_is_free, is_tracing
 from .nn.core import length_bounds
 
 __all__ = ["ctc_loss", "infeasible_count", "REDUCTIONS"]
@@ -68,11 +68,40 @@ def _validate(logits, lengths, targets, target_lengths, blank, reduction):
         raise ValueError(f"ctc_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
+#: Up to this many target entries, the label checks read the targets back as Python ints
+#: (where that is free: on the CPU) instead of running a dozen tiny tensor operations.
+_HOST_CHECK_MAX = 4096
+
+
+def _target_stats(targets, target_lengths, blank, vocab) -> tuple[int, int, tuple | None]:
+    """The smallest and largest target length, and ``(lowest label, highest label, any
+    blank)`` over the labels within the target lengths (None when there is none to check).
+
+    One read back: of the values themselves for small CPU targets, else of a few reductions.
+    Padding is replaced by a label that passes every check (a non-blank index in range); with
+    a vocabulary of the blank alone there is none, and any label at all is an error."""
+    max_target = targets.shape[1]
+    if targets.numel() <= _HOST_CHECK_MAX and host_is_free([targets, target_lengths]):
+        lengths = target_lengths.tolist()
+        labels = [v for row, n in zip(targets.tolist(), lengths) for v in row[: max(n, 0)]]
+        found = (min(labels), max(labels), blank in labels) if labels else None
+        return min(lengths), max(lengths), found
+    stats = list(torch.aminmax(target_lengths))
+    valid = torch.arange(max_target, device=targets.device) < target_lengths.unsqueeze(1)
+    if valid.numel():
+        filler = 1 if blank == 0 else 0
+        labels = torch.where(valid, targets.long(), filler if vocab > 1 else blank)
+        stats += [*torch.aminmax(labels), (labels == blank).any()]
+    tl_lo, tl_hi, *found = torch.stack(stats).tolist()  # promoted to one integer dtype
+    if found and vocab == 1:  # the fill was the blank itself: every label is one
+        found[2] = bool(valid.any())
+    return tl_lo, tl_hi, tuple(found) or None
+
+
 def _check_values(logits, lengths, targets, target_lengths, blank) -> None:
     """Host-side checks of the values. Lengths whose range is known on the host cost no read
     (:func:`fctc.nn.core.length_bounds`); the target lengths and the labels take one read
-    together (every check is a few operations on a whole tensor: the eager step pays them on
-    each micro-batch)."""
+    together (the eager step pays these checks on each micro-batch)."""
     time, max_target, vocab = logits.shape[2], targets.shape[1], logits.shape[1]
     if not lengths.numel():
         return
@@ -82,26 +111,15 @@ def _check_values(logits, lengths, targets, target_lengths, blank) -> None:
             f"ctc_loss: lengths must lie in [0, {time}] (the frames of logits), got "
             f"{lengths.tolist()}"
         )
-    stats = list(torch.aminmax(target_lengths))
-    valid = torch.arange(max_target, device=targets.device) < target_lengths.unsqueeze(1)
-    if valid.numel():
-        # Padding becomes a label that passes both checks (a non-blank index in range); with a
-        # vocabulary of the blank alone there is none, and any label at all is an error.
-        filler = 1 if blank == 0 else 0
-        labels = torch.where(valid, targets.long(), filler if vocab > 1 else blank)
-        stats += [*torch.aminmax(labels), (labels == blank).any()]
-    # One read back for all of it.
-    tl_lo, tl_hi, *label_stats = torch.stack(stats).tolist()  # promoted to one integer dtype
+    tl_lo, tl_hi, labels = _target_stats(targets, target_lengths, blank, vocab)
     if tl_lo < 0 or tl_hi > max_target:
         raise ValueError(
             f"ctc_loss: target_lengths must lie in [0, {max_target}] (the columns of "
             f"targets), got {target_lengths.tolist()}"
         )
-    if not label_stats:
+    if labels is None:
         return
-    lab_lo, lab_hi, has_blank = label_stats
-    if vocab == 1:  # the fill was the blank itself: every label is one
-        has_blank = bool(valid.any())
+    lab_lo, lab_hi, has_blank = labels
     if lab_lo < 0 or lab_hi >= vocab:
         raise ValueError(
             f"ctc_loss: target indices must lie in [0, {vocab}), got values from "
@@ -187,8 +205,8 @@ def _ctc_nll(log_probs, targets, lengths, target_lengths, blank):
         nll, _ = torch.ops.aten._ctc_loss.Tensor(
             log_probs, targets, lengths, target_lengths, blank, True
         )
-        infinite = nll == float("inf")
-        return torch.where(infinite, torch.zeros_like(nll), nll), infinite
+        infinite = nll.isposinf()
+        return nll.masked_fill(infinite, 0.0), infinite
     lp = log_probs.detach()
     nll, alpha = _ctc_nll_op(lp, targets, lengths, target_lengths, blank)
     if log_probs.requires_grad:
@@ -198,8 +216,8 @@ def _ctc_nll(log_probs, targets, lengths, target_lengths, blank):
         nll = nll + ((log_probs - lp) * slope).sum(dim=(0, 2))
     # The kernel's zero_infinity flag only zeroes gradients; the value is zeroed here, as
     # aten::ctc_loss does around the same kernel.
-    infinite = nll == float("inf")
-    return torch.where(infinite, torch.zeros_like(nll), nll), infinite
+    infinite = nll.isposinf()
+    return nll.masked_fill(infinite, 0.0), infinite
 
 
 def infeasible_count(lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor):
@@ -270,7 +288,7 @@ def ctc_loss(
         infeasible = int(infeasible_count(lengths, targets, target_lengths))
     target_lengths = target_lengths.long()
     if reduction in ("thunder", "mean"):  # torch's "mean"
-        loss = (nll / target_lengths.clamp_min(1).to(nll.dtype)).mean()
+        loss = (nll / target_lengths.clamp_min(1)).mean()  # the division promotes, as torch's
     elif reduction == "sum":
         loss = nll.sum()
     elif reduction == "espnet":

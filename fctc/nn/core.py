@@ -277,7 +277,10 @@ def check_params(params: Any, expected: dict[str, tuple[int, ...]], name: str) -
             which).
     """
     if type(params) is dict and params.keys() == expected.keys():  # the common case, quickly
-        if all(params[k].shape == shape for k, shape in expected.items()):
+        for k, shape in expected.items():  # (a loop: a generator costs more than the checks)
+            if params[k].shape != shape:
+                break
+        else:
             return
     if not isinstance(params, dict):
         raise TypeError(f"{name}: params must be a dict, got {type(params).__name__}")
