@@ -218,6 +218,40 @@ def test_step_key_depends_on_step_only():
     assert not torch.equal(seen[0], seen[1]) and torch.equal(seen[0], seen[2])
 
 
+def test_a_loss_that_draws_nothing_gets_no_key_and_the_same_update(monkeypatch):
+    """A deterministic model's loss (fctc.nn.deterministic) gets key=None: no key is derived
+    per step or per micro-batch, and the step is the one a keyed loss function makes."""
+    model = tiny_model()
+    assert not fctc.nn.uses_key(model) and not fctc.nn.uses_key(fctc.train.ctc_loss_fn(model, BLANK))
+    seen = []
+
+    def keyed(params, state, batch, key):  # unmarked: assumed to draw
+        seen.append(key)
+        return loss_fn(model)(params, state, batch, key)
+
+    for accum in (1, 3):
+        plain = make_train_step(model, optim.sgd(0.1), keyed, accum_steps=accum)
+        quiet = make_train_step(model, optim.sgd(0.1), blank=BLANK, accum_steps=accum)
+        state = plain.init_state(random.key(0))
+        want, _ = plain(state, tiny_batch(0))
+        assert len(seen) == accum and all(random.is_key(k) for k in seen)
+        folds = []
+        real = random.fold_in
+        monkeypatch.setattr(random, "fold_in", lambda k, d: folds.append(d) or real(k, d))
+        got, _ = quiet(state, tiny_batch(0))
+        monkeypatch.setattr(random, "fold_in", real)
+        assert folds == []
+        assert_trees_equal(got, want)
+        seen.clear()
+    def quiet_fn(params, state, batch, key):
+        seen.append(key)
+        return loss_fn(model)(params, state, batch, key)
+
+    marked = fctc.nn.deterministic(quiet_fn)
+    make_train_step(model, optim.sgd(0.1), marked, accum_steps=2)(state, tiny_batch(0))
+    assert seen == [None, None]
+
+
 def test_jit_step_equals_eager_and_never_recompiles():
     """The whole step compiled once: equal to eager, no recompiles across steps or as the
     schedule, the counters and the non-finite count change."""

@@ -44,7 +44,7 @@ class Model(NamedTuple):
 _DETERMINISTIC = "__fctc_deterministic__"
 
 
-def deterministic(model: Model) -> Model:
+def deterministic(model: Any) -> Any:
     """``model`` marked as drawing no random numbers: its ``apply`` never reads ``key``.
 
     The combinators (:func:`~fctc.nn.serial`, :func:`~fctc.nn.sequential`,
@@ -52,37 +52,42 @@ def deterministic(model: Model) -> Model:
     of such models instead of deriving keys for it (a key split costs tens of microseconds,
     paid for every chain on every step); parts that draw get the keys they got before, so the
     numbers drawn do not change. fctc's own layers are marked where they are deterministic
-    (dropout when ``p == 0``); an unmarked model is assumed to draw.
+    (dropout when ``p == 0``); an unmarked model is assumed to draw. A loss function
+    ``loss_fn(params, state, batch, key)`` can be marked too: :func:`fctc.train.make_train_step`
+    then derives no key for it and passes ``key=None`` (:func:`fctc.train.ctc_loss_fn` is
+    marked when its model is).
 
     Args:
-        model: a model whose ``apply`` ignores ``key``.
+        model: a :class:`Model` whose ``apply`` ignores ``key``, or such a function.
 
     Returns:
-        The marked model (``model`` itself when its ``apply`` takes attributes).
+        The marked model or function (``model`` itself when the function takes attributes).
     """
-    apply = model.apply
+    fn = model.apply if isinstance(model, Model) else model
     try:
-        setattr(apply, _DETERMINISTIC, True)
+        setattr(fn, _DETERMINISTIC, True)
     except (AttributeError, TypeError):  # a bound method or builtin: mark a forwarding function
 
-        def apply(*args, _inner=model.apply, **kwargs):
+        def forward(*args, _inner=fn, **kwargs):
             return _inner(*args, **kwargs)
 
-        setattr(apply, _DETERMINISTIC, True)
-        return Model(model.init, apply)
+        setattr(forward, _DETERMINISTIC, True)
+        return Model(model.init, forward) if isinstance(model, Model) else forward
     return model
 
 
-def uses_key(model: Model) -> bool:
-    """Whether ``model`` may draw random numbers (read ``key``) in training.
+def uses_key(model: Any) -> bool:
+    """Whether ``model`` (a :class:`Model`, or a loss function) may draw random numbers
+    (read ``key``) in training.
 
     Args:
-        model: a model.
+        model: a model or a function.
 
     Returns:
-        False for a model marked by :func:`deterministic`, True otherwise.
+        False for one marked by :func:`deterministic`, True otherwise.
     """
-    return not getattr(model.apply, _DETERMINISTIC, False)
+    fn = model.apply if isinstance(model, Model) else model
+    return not getattr(fn, _DETERMINISTIC, False)
 
 
 def check_rank(x: Any, rank: int | tuple[int, ...], name: str, what: str = "x") -> torch.Tensor:

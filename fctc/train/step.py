@@ -19,7 +19,7 @@ from .. import backend
 from .. import random as _random
 from .. import tree as _tree
 from ..losses import ctc_loss
-from ..nn.core import Model
+from ..nn.core import Model, deterministic, uses_key
 from ..optim.base import GradientTransformation, update_and_apply
 from ..optim.loss_scale import DynamicLossScale, dynamic_loss_scale
 from .loss_output import SINGLE as _SINGLE
@@ -52,7 +52,8 @@ def ctc_loss_fn(model: Model, blank: int, reduction: str = "thunder", train: boo
         ``make_eval_step(..., loss_fn=...)``).
 
     Returns:
-      The loss function.
+      The loss function; marked :func:`~fctc.nn.deterministic` when ``model`` is, so that
+      the train step derives no key for it.
     """
 
     def loss_fn(params, model_state, batch, key):
@@ -64,7 +65,8 @@ def ctc_loss_fn(model: Model, blank: int, reduction: str = "thunder", train: boo
         )
         return loss, new_state
 
-    return loss_fn
+    # A model that draws nothing needs no key: the step then derives none.
+    return loss_fn if uses_key(model) else deterministic(loss_fn)
 
 
 def autocast(precision: str, device: torch.device):
@@ -187,6 +189,7 @@ class TrainStep:
         self.loss_scale = loss_scale
         self.routed = isinstance(tx, dict)
         self.routing = Labels(param_labels, tx) if self.routed else None
+        self.keyed = uses_key(loss_fn)  # False: the loss function draws nothing, gets key=None
         self.jit = _check_jit(jit)
         if self.jit is True:  # the loss and its gradient compiled; the update stays eager
             self.loss_fn = backend.jit_trees(loss_fn, dynamic=(2,))
@@ -280,7 +283,7 @@ class TrainStep:
         params = state.params if len(micro) == 1 else backend.differentiable(state.params)
         flat: dict[str, tuple[list, Any]] = {}  # the running sums, flat, while accumulating
         for i, (mb, share) in enumerate(micro):
-            mkey = key if len(micro) == 1 else _random.fold_in(key, i)
+            mkey = key if key is None or len(micro) == 1 else _random.fold_in(key, i)
             losses, vjp_fn, aux = backend.vjp(self._forward(mb, mkey, model_state), params, has_aux=True)
             model_state, mb_logged, mb_stats, mb_weight = aux
             last = len(losses) - 1  # the last backward pass frees the graph as it runs
@@ -323,7 +326,7 @@ class TrainStep:
         return out
 
     def _step(self, state: TrainState, batch: Any):
-        key = _random.fold_in(state.key, state.step)
+        key = _random.fold_in(state.key, state.step) if self.keyed else None
         losses, grads, model_state, labels, logged = self._gradients(state, batch, key)
         # One global norm per group: logged, proving the gradients finite on the CPU, and
         # handed to the chain, whose leading clip_by_global_norm then needs no second pass.
@@ -437,7 +440,9 @@ def make_train_step(
         named losses, or ESPnet3's ``(loss, stats, weight)`` (:class:`~fctc.train.LossOutput`:
         ``stats`` come back in the metrics as ``stats/<key>``, averaged over micro-batches with
         ``weight``, and the summed ``weight`` as ``weight``; the gradient still weights each
-        micro-batch by its share of the utterances).
+        micro-batch by its share of the utterances). ``key`` is the step's key,
+        ``fold_in(state.key, state.step)`` (micro-batch ``i`` of several gets ``fold_in`` of
+        that and ``i``), or None for a loss function marked :func:`fctc.nn.deterministic`.
       accum_steps: split each batch into this many micro-batches and sum their gradients,
         weighted by micro-batch size, inside the step: the update equals the full batch's for
         a batch-mean loss and a model without batch statistics (BatchNorm sees each
