@@ -8,6 +8,9 @@ choice of machinery lives in one place:
   leaves, which costs exactly what ``loss.backward()`` costs; under ``torch.compile`` or inside
   another functorch transform they use ``torch.func.grad_and_value`` so that the whole step
   traces into one graph. Both paths use the same derivative formulas.
+* :class:`GradSum` sums the gradients of several functions of the same parameters (the train
+  step's micro-batches): eagerly in ``.grad`` of private copies, as ``loss.backward()`` does,
+  under tracing with ``torch.func.vjp``.
 * :func:`vmap` is ``torch.func.vmap``.
 * :func:`jit` compiles a pure function with ``torch.compile``; ``jit(fn, enabled=False)`` runs
   the very same function eagerly, so every compiled path has an eager twin for tests.
@@ -43,6 +46,7 @@ __all__ = [
     "grad",
     "vjp",
     "differentiable",
+    "GradSum",
     "vmap",
     "jit",
     "jit_trees",
@@ -327,8 +331,8 @@ def differentiable(tree: Any) -> Any:
 
     :func:`vjp`, :func:`value_and_grad` and :func:`grad` make such copies of their primals at
     every call; given a tree made here they use its leaves as they are. A loop that
-    differentiates several functions of the same parameters (micro-batches of one step) makes
-    the copies once. Under tracing (``torch.func`` transforms, ``torch.compile``) the tree
+    differentiates several functions of the same parameters makes the copies once (to sum
+    their gradients, as micro-batches do, :class:`GradSum` is cheaper still). Under tracing (``torch.func`` transforms, ``torch.compile``) the tree
     comes back unchanged.
 
     Args:
@@ -476,6 +480,109 @@ def vjp(fn: Callable[..., Any], *primals: Any, has_aux: bool = False):
 
     detached = _tree.map(lambda o: o.detach(), out)
     return (detached, vjp_fn, _detach_aux(aux)) if has_aux else (detached, vjp_fn)
+
+
+class GradSum:
+    """Gradients of several functions of the same parameters, summed: the micro-batches of
+    one step, as an imperative loop sums them with one ``loss.backward()`` per micro-batch.
+
+    Each :meth:`add` evaluates ``fn(params) -> (out, aux)`` at :attr:`params` (``out`` a dict
+    of named tensors of one shape, e.g. scalar losses) and adds the gradients of its outputs,
+    each weighted by the given cotangent; :meth:`total` is the sum. With ``labels`` (a tree shaped like the parameters
+    whose leaves name outputs: multi-loss routing) a leaf gets only the gradient of the output
+    its label names; without, every leaf gets every output's.
+
+    Eagerly, :attr:`params` holds detached copies of the parameters' leaves (no data is
+    copied, the trees given are never written) and autograd's own accumulation sums into
+    their ``.grad``: the first gradient is kept, later ones are added in place, in the order of
+    the calls, so the sums are bit for bit those of the imperative loop. Under tracing
+    (``torch.compile``, ``torch.func`` transforms) it runs :func:`torch.func.vjp` and adds the
+    gradients leaf by leaf, in the same order.
+
+    Args:
+      params: a pytree of floating tensors.
+      labels: None, or a tree shaped like ``params`` with one output name per leaf.
+
+    Raises:
+      TypeError: a leaf of ``params`` is not a floating tensor.
+    """
+
+    def __init__(self, params: Any, labels: Any = None):
+        self._tracing = is_tracing()
+        xs, self._spec = _tree.flatten(params)
+        for x in xs:
+            if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+                raise TypeError(
+                    "GradSum: params must be a pytree of floating tensors; found a leaf of type "
+                    f"{getattr(x, 'dtype', type(x).__name__)}"
+                )
+        self._labels = None if labels is None else self._spec.flatten_up_to(labels)
+        if self._tracing:
+            self._xs, self._sums = xs, [None] * len(xs)
+            self.params = params
+        else:
+            self._xs = [x.detach().requires_grad_(True) for x in xs]
+            self.params = _tree.unflatten(self._spec, self._xs)
+        self._inputs: dict[Any, list[torch.Tensor]] = {}
+
+    def _reached(self, name: Any) -> list[int]:
+        """The positions of the leaves that output ``name``'s gradient reaches."""
+        if self._labels is None:
+            return list(range(len(self._xs)))
+        return [i for i, lab in enumerate(self._labels) if lab == name]
+
+    def add(self, fn: Callable[[Any], tuple[dict, Any]], cotangent: float | torch.Tensor) -> tuple[dict, Any]:
+        """Evaluate ``fn`` at :attr:`params` and add its outputs' gradients to the sums.
+
+        Args:
+          fn: ``fn(params) -> (out, aux)``, ``out`` a dict of tensors.
+          cotangent: the weight of every output's gradient in this call (a micro-batch's
+            share of the batch, say): a number, or a tensor shaped like the outputs.
+
+        Returns:
+          ``(out, aux)``, their tensors detached.
+        """
+        def ct(v):
+            return cotangent if isinstance(cotangent, torch.Tensor) else torch.full_like(v, cotangent)
+
+        if self._tracing:
+            out, vjp_fn, aux = torch.func.vjp(fn, self.params, has_aux=True)
+            for name in out:
+                cts = {n: (ct(v) if n == name else torch.zeros_like(v)) for n, v in out.items()}
+                (grads,) = vjp_fn(cts)
+                gs = self._spec.flatten_up_to(grads)
+                for i in self._reached(name):
+                    self._sums[i] = gs[i] if self._sums[i] is None else self._sums[i] + gs[i]
+            return out, aux
+        with torch.enable_grad():
+            out, aux = fn(self.params)
+            todo = [n for n, v in out.items() if v.requires_grad]
+            for j, name in enumerate(todo):
+                inputs = self._inputs.get(name)
+                if inputs is None:
+                    inputs = self._inputs[name] = [self._xs[i] for i in self._reached(name)]
+                if not inputs:
+                    continue
+                retain = j < len(todo) - 1  # the last pass frees the graph as it runs
+                # A kept graph needs, from a compiled forward (jit_trees), a backward without
+                # AOTAutograd's donated buffers, decided when it is compiled here.
+                with _tree_jit.no_donated_buffers() if retain else contextlib.nullcontext():
+                    torch.autograd.backward(
+                        [out[name]], [ct(out[name])], retain_graph=retain, inputs=inputs
+                    )
+        return {n: v.detach() for n, v in out.items()}, _detach_aux(aux)
+
+    def total(self) -> Any:
+        """The sums so far: a tree shaped like the parameters (zeros where no gradient came).
+
+        Returns:
+          The gradient tree.
+        """
+        if self._tracing:
+            gs = [torch.zeros_like(x) if g is None else g for x, g in zip(self._xs, self._sums)]
+        else:
+            gs = [torch.zeros_like(x) if x.grad is None else x.grad for x in self._xs]
+        return _tree.unflatten(self._spec, gs)
 
 
 def vmap(

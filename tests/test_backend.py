@@ -117,6 +117,80 @@ def test_vjp_last_call_frees_the_graph(batch):
         vjp_fn(torch.ones_like(out))
 
 
+def _two_losses(params, x, target):
+    h = torch.tanh(x @ params["layer"]["weight"].T + params["layer"]["bias"])
+    return {"fit": ((h - target) ** 2).mean(), "scale": (params["scale"] * h).mean()}
+
+
+def test_grad_sum_adds_weighted_gradients_without_touching_the_params(batch):
+    x, y = batch
+    params = make_params()
+    acc = backend.GradSum(params)
+    weights = (0.25, 0.75)
+    for w, rows in zip(weights, (slice(0, 2), slice(2, 5))):
+        out, aux = acc.add(
+            lambda p, rows=rows: ({"loss": loss_fn(p, x[rows], y[rows])}, {"h": p["scale"] * 2}),
+            torch.tensor(w, dtype=torch.float64),
+        )
+        assert not out["loss"].requires_grad and not aux["h"].requires_grad
+    want = autograd_reference(
+        lambda p: 0.25 * loss_fn(p, x[:2], y[:2]) + 0.75 * loss_fn(p, x[2:], y[2:]), [params], [0]
+    )[1][0]
+    ft.assert_trees_allclose(acc.total(), want, rtol=1e-12, atol=1e-14)
+    assert all(p.grad is None and not p.requires_grad for p in fctc.tree.leaves(params))
+    # every leaf is one of the function's inputs, even an unused one: zeros there
+    unused = backend.GradSum({"used": torch.ones(2), "unused": torch.ones(3)})
+    unused.add(lambda p: ({"loss": p["used"].sum()}, None), torch.tensor(1.0))
+    unused.add(lambda p: ({"loss": torch.tensor(2.0)}, None), torch.tensor(1.0))  # no gradient
+    ft.assert_trees_equal(unused.total(), {"used": torch.ones(2), "unused": torch.zeros(3)})
+    with pytest.raises(TypeError, match="floating tensors"):
+        backend.GradSum({"steps": torch.tensor(3)})
+
+
+def test_grad_sum_routes_each_output_to_its_labelled_leaves(batch):
+    """A leaf labelled ``name`` sums only output ``name``'s gradients (routing); the sums
+    are those of separate differentiations, and a label no output has gets zeros."""
+    x, y = batch
+    params = make_params()
+    labels = {"layer": {"weight": "fit", "bias": "scale"}, "scale": "scale"}
+    acc = backend.GradSum(params, labels)
+    for rows in (slice(0, 2), slice(2, 5)):
+        acc.add(lambda p, rows=rows: (_two_losses(p, x[rows], y[rows]), ()), torch.tensor(0.5, dtype=torch.float64))
+    total = acc.total()
+
+    def part(name):
+        fn = lambda p: sum(0.5 * _two_losses(p, x[r], y[r])[name] for r in (slice(0, 2), slice(2, 5)))  # noqa: E731
+        return backend.grad(fn)(params)
+
+    fit, scale = part("fit"), part("scale")
+    ft.assert_trees_allclose(total["layer"]["weight"], fit["layer"]["weight"], rtol=1e-12, atol=1e-14)
+    ft.assert_trees_allclose(total["layer"]["bias"], scale["layer"]["bias"], rtol=1e-12, atol=1e-14)
+    ft.assert_trees_allclose(total["scale"], scale["scale"], rtol=1e-12, atol=1e-14)
+    lonely = backend.GradSum(params, fctc.tree.map(lambda _: "other", params))
+    lonely.add(lambda p: (_two_losses(p, x, y), ()), torch.tensor(1.0, dtype=torch.float64))
+    ft.assert_trees_equal(lonely.total(), fctc.tree.zeros_like(params))
+
+
+def test_grad_sum_traced_equals_eager(batch):
+    x, y = batch
+    params = make_params()
+    labels = {"layer": {"weight": "fit", "bias": "scale"}, "scale": "fit"}
+
+    paths = []
+
+    def sums(params, x, y):
+        acc = backend.GradSum(params, labels)
+        paths.append(acc._tracing)  # which way it summed
+        for rows in (slice(0, 2), slice(2, 5)):
+            acc.add(lambda p, rows=rows: (_two_losses(p, x[rows], y[rows]), ()), torch.tensor(0.5, dtype=torch.float64))
+        return acc.total()
+
+    torch._dynamo.reset()
+    traced = torch.compile(sums, backend="eager")(params, x, y)
+    ft.assert_trees_allclose(traced, sums(params, x, y), rtol=1e-12, atol=1e-14)
+    assert paths == [True, False]
+
+
 def test_differentiable_copies_are_used_as_they_are_with_the_same_gradients(batch):
     params = make_params()
     copies = backend.differentiable(params)

@@ -178,6 +178,33 @@ def test_fp16_loss_scale_backs_off_and_skips_on_overflow():
     assert_trees_allclose(s1.params, s_ref.params, rtol=2e-2, atol=2e-3)
 
 
+def test_fp16_accumulation_is_the_gradscaler_loop_bit_for_bit():
+    """accum_steps=2 in fp16: the scaled losses' gradients summed, unscaled once, stepped: an
+    imperative loop with GradScaler (scale(loss).backward() per micro-batch, unscale_, step)."""
+    model = tiny_model(norm="batch")
+    batch = tiny_batch(0)
+    ls = optim.dynamic_loss_scale(init_scale=3.0 * 2**10)  # not a power of 2: unscaling rounds
+    step = make_train_step(
+        model, optim.sgd(1.0), blank=BLANK, precision="fp16", accum_steps=2, loss_scale=ls
+    )
+    state = step.init_state(random.key(0))
+    new, metrics = step(state, batch)
+    assert bool(metrics["finite"])
+
+    params = fctc.tree.map(lambda p: p.detach().clone().requires_grad_(True), state.params)
+    opt = torch.optim.SGD(fctc.tree.leaves(params), lr=1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=float(state.loss_scale.scale))
+    model_state = state.model_state
+    for half in (slice(0, 4), slice(4, 8)):
+        mb = Batch(*(t[half] for t in batch))
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss, model_state = loss_fn(model)(params, model_state, mb, None)
+        scaler.scale(loss.float() * 0.5).backward()
+    scaler.unscale_(opt)
+    opt.step()
+    assert_trees_equal(fctc.tree.map(torch.Tensor.detach, params), new.params)
+
+
 def test_fp16_state_without_loss_scale_is_a_clear_error():
     model = tiny_model()
     step = make_train_step(model, optim.sgd(0.1), blank=BLANK, precision="fp16")

@@ -275,46 +275,32 @@ class TrainStep:
         labels = self._labels(state.params)
         model_state = state.model_state
         total_loss: dict[str, torch.Tensor] = {}
-        total_grads: dict[str, Any] = {}
         logged: dict[str, torch.Tensor] = {}
         stats, weight = WeightedMean(), None
         micro = _micro_batches(batch, self.accum_steps)
-        # The micro-batches differentiate the same parameters: one set of leaves for all.
-        params = state.params if len(micro) == 1 else backend.differentiable(state.params)
-        flat: dict[str, tuple[list, Any]] = {}  # the running sums, flat, while accumulating
+        # One forward and backward pass per micro-batch, the gradients summed as they come (as
+        # loss.backward() sums them into .grad); a routed loss reaches its own group only.
+        acc = backend.GradSum(state.params, labels)
         for i, (mb, share) in enumerate(micro):
             mkey = key if key is None or len(micro) == 1 else _random.fold_in(key, i)
-            losses, vjp_fn, aux = backend.vjp(self._forward(mb, mkey, model_state), params, has_aux=True)
-            model_state, mb_logged, mb_stats, mb_weight = aux
-            last = len(losses) - 1  # the last backward pass frees the graph as it runs
-            for j, (name, value) in enumerate(losses.items()):
-                ct = torch.full_like(value, share) if scale is None else share * scale
-                cts = {n: (ct if n == name else None) for n in losses}
-                (grads,) = vjp_fn(cts, retain_graph=j < last)
-                if self.routed:
-                    grads = group_params(grads, labels, name)
-                if scale is not None:
-                    grads = self.loss_scale.unscale(grads, state.loss_scale)
-                if name in total_grads:
-                    if name in flat:  # the sums are this step's own buffers: added in place
-                        gs, spec = flat[name]
-                        torch._foreach_add_(gs, spec.flatten_up_to(grads))
-                    else:  # the first sum makes them
-                        gs, spec = _tree.flatten(total_grads[name])
-                        flat[name] = (list(torch._foreach_add(gs, spec.flatten_up_to(grads))), spec)
-                    total_loss[name] = total_loss[name] + share * value
-                else:
-                    total_grads[name] = grads
-                    total_loss[name] = share * value
+            # The cotangent weights each micro-batch by its share (times the fp16 loss scale).
+            ct = share if scale is None else share * scale
+            forward = self._forward(mb, mkey, model_state)  # optimised losses, as float32
+            losses, (model_state, mb_logged, mb_stats, mb_weight) = acc.add(forward, ct)
+            for name, value in losses.items():
+                total_loss[name] = total_loss[name] + share * value if name in total_loss else share * value
             for name, value in mb_logged.items():
                 logged[name] = logged[name] + share * value if name in logged else share * value
             if mb_stats:
                 stats.add(mb_stats, mb_weight)
                 weight = mb_weight if weight is None else weight + mb_weight
-            del vjp_fn, losses  # nothing of this micro-batch's graph outlives it
-        for name, (gs, spec) in flat.items():
-            total_grads[name] = _tree.unflatten(spec, gs)
-        return total_loss, total_grads, model_state, labels, self._logged(logged, stats, weight)
+        total = acc.total()
+        grads = {}
+        for name in total_loss:
+            g = group_params(total, labels, name) if self.routed else total
+            # Unscaled once, after the sum, as GradScaler.unscale_ does after accumulation.
+            grads[name] = g if scale is None else self.loss_scale.unscale(g, state.loss_scale)
+        return total_loss, grads, model_state, labels, self._logged(logged, stats, weight)
 
     @staticmethod
     def _logged(losses: dict, stats: WeightedMean, weight: Any) -> dict[str, torch.Tensor]:
@@ -451,7 +437,8 @@ def make_train_step(
         micro-batch per call, accumulate across calls with :class:`fctc.optim.MultiSteps`.)
       precision: "fp32", "bf16" (autocast) or "fp16" (autocast plus dynamic loss scaling:
         the loss is scaled, gradients unscaled before the transformation chain, so before
-        clipping, and a step with non-finite gradients is skipped, as GradScaler does).
+        clipping, once, after summing the micro-batches, and a step with non-finite gradients
+        is skipped, as GradScaler does).
       loss_scale: the :func:`fctc.optim.dynamic_loss_scale` for fp16 (default: GradScaler's).
       jit: compile with ``torch.compile`` (:func:`fctc.backend.jit_trees`: the compiled code
         guards the tensors only; Python values the loss function and model read are constants
