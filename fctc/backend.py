@@ -175,7 +175,7 @@ def all_finite(tree: Any, norm: torch.Tensor | None = None) -> torch.Tensor:
     return _tree.all_finite(xs)
 
 
-def select(pred: torch.Tensor, on_true: Any, on_false: Any) -> Any:
+def select(pred: torch.Tensor, on_true: Any, on_false: Any, alike: bool = False) -> Any:
     """:func:`fctc.tree.select`, decided on the host when that costs nothing.
 
     Eagerly with a CPU ``pred`` the choice is made once in Python and the chosen leaves come
@@ -186,6 +186,9 @@ def select(pred: torch.Tensor, on_true: Any, on_false: Any) -> Any:
       pred: a 0-d bool tensor.
       on_true: the tree chosen where ``pred`` holds.
       on_false: a tree of the same structure, chosen otherwise.
+      alike: the caller knows ``on_true`` to have ``on_false``'s structure, dtypes and
+        devices (new parameters from :func:`fctc.optim.update_and_apply`): the host's choice
+        then returns it unchecked.
 
     Returns:
       A tree with ``on_false``'s dtypes, devices and non-tensor leaves.
@@ -194,6 +197,8 @@ def select(pred: torch.Tensor, on_true: Any, on_false: Any) -> Any:
         return _tree.select(pred, on_true, on_false)
     if not bool(pred):
         return on_false
+    if alike:
+        return on_true
     # Usually on_false is the state passed in (whose structure fctc.tree remembers) and on_true
     # has its structure, leaf for leaf: then nothing needs casting and on_true is the answer.
     b, spec_false = _tree.flatten(on_false)

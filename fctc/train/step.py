@@ -317,18 +317,20 @@ class TrainStep:
         # One global norm per group: logged, proving the gradients finite on the CPU, and
         # handed to the chain, whose leading clip_by_global_norm then needs no second pass.
         grad_norms = {n: _tree.global_norm(g) for n, g in grads.items()}
-        finite = torch.stack([torch.isfinite(v) for v in losses.values()]).all()
-        finite = finite & torch.stack(
-            [backend.all_finite(g, grad_norms[n]) for n, g in grads.items()]
+        finite = torch.stack(
+            [torch.isfinite(v) for v in losses.values()]
+            + [backend.all_finite(g, grad_norms[n]) for n, g in grads.items()]
         ).all()
         # With skip_nonfinite=False the chain sees non-finite gradients and decides (it may
         # discard them, as speechain's discard_window does); non-finite new parameters are
         # still refused.
         allowed = finite if self.skip_nonfinite else torch.ones_like(finite)
         params, opt_state, kept = self._update(state, grads, grad_norms, labels, allowed)
-        good = finite & kept  # skipping: kept alone (its finiteness includes the gradients')
+        # Skipping, kept alone is the answer (its finiteness includes the gradients').
+        good = kept if self.skip_nonfinite else finite & kept
         # On the CPU, eagerly, the choice is made on the host: no copy of the trees per step.
-        params = backend.select(kept, params, state.params)
+        # update_and_apply keeps the parameters' structure, dtypes and devices.
+        params = backend.select(kept, params, state.params, alike=True)
         opt_state = backend.select(kept, opt_state, state.opt_state)
         model_state = backend.select(good, model_state, state.model_state)
         loss_scale = state.loss_scale
@@ -386,7 +388,11 @@ class TrainStep:
         return new_groups[_SINGLE], new_opt[_SINGLE], finite
 
     def _metrics(self, losses, grad_norms, finite, loss_scale) -> dict[str, torch.Tensor]:
-        metrics = {"loss": sum(losses.values()), "finite": finite}
+        values = list(losses.values())
+        total = values[0]  # the sum without a leading 0 + ... (one tensor op fewer per step)
+        for v in values[1:]:
+            total = total + v
+        metrics = {"loss": total, "finite": finite}
         if self.routed:
             metrics.update({f"loss/{n}": v for n, v in losses.items()})
             metrics.update({f"grad_norm/{n}": v for n, v in grad_norms.items()})
