@@ -287,10 +287,10 @@ class TrainStep:
             ct = share if scale is None else share * scale
             forward = self._forward(mb, mkey, model_state)  # optimised losses, as float32
             losses, (model_state, mb_logged, mb_stats, mb_weight) = acc.add(forward, ct)
-            for name, value in losses.items():
-                total_loss[name] = total_loss[name] + share * value if name in total_loss else share * value
-            for name, value in mb_logged.items():
-                logged[name] = logged[name] + share * value if name in logged else share * value
+            for totals, values in ((total_loss, losses), (logged, mb_logged)):
+                for name, value in values.items():
+                    value = value if share == 1.0 else share * value  # (x * 1.0 is x)
+                    totals[name] = totals[name] + value if name in totals else value
             if mb_stats:
                 stats.add(mb_stats, mb_weight)
                 weight = mb_weight if weight is None else weight + mb_weight
