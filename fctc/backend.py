@@ -313,11 +313,8 @@ def _func_path(fn, nums, argnums, has_aux, args, kwargs):
     return ((value, aux) if has_aux else value), grads
 
 
-def _leaf_inputs(tree: Any, what: str) -> tuple[Any, list[torch.Tensor], Any]:
-    """The tree to call the function with, its leaves to differentiate with respect to, and
-    ``tree``'s treedef (eager paths): detached copies that require grad, or ``tree`` and its
-    leaves themselves when every leaf already is a distinct autograd leaf that requires grad
-    (what :func:`differentiable` makes; then nothing is rebuilt)."""
+def _floating_leaves(tree: Any, what: str) -> tuple[list[torch.Tensor], Any]:
+    """``tree``'s leaves and treedef; a TypeError naming ``what`` for a non-floating leaf."""
     xs, spec = _tree.flatten(tree)
     for x in xs:
         if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
@@ -325,6 +322,15 @@ def _leaf_inputs(tree: Any, what: str) -> tuple[Any, list[torch.Tensor], Any]:
                 f"{what} must be a pytree of floating tensors; found a leaf of type "
                 f"{getattr(x, 'dtype', type(x).__name__)}"
             )
+    return xs, spec
+
+
+def _leaf_inputs(tree: Any, what: str) -> tuple[Any, list[torch.Tensor], Any]:
+    """The tree to call the function with, its leaves to differentiate with respect to, and
+    ``tree``'s treedef (eager paths): detached copies that require grad, or ``tree`` and its
+    leaves themselves when every leaf already is a distinct autograd leaf that requires grad
+    (what :func:`differentiable` makes; then nothing is rebuilt)."""
+    xs, spec = _floating_leaves(tree, what)
     if all(x.requires_grad and x.is_leaf for x in xs) and len(set(map(id, xs))) == len(xs):
         return tree, xs, spec
     xs = [x.detach().requires_grad_(True) for x in xs]
@@ -337,8 +343,8 @@ def differentiable(tree: Any) -> Any:
     :func:`vjp`, :func:`value_and_grad` and :func:`grad` make such copies of their primals at
     every call; given a tree made here they use its leaves as they are. A loop that
     differentiates several functions of the same parameters makes the copies once (to sum
-    their gradients, as micro-batches do, :class:`GradSum` is cheaper still). Under tracing (``torch.func`` transforms, ``torch.compile``) the tree
-    comes back unchanged.
+    their gradients, as micro-batches do, :class:`GradSum` is cheaper still). Under tracing
+    (``torch.func`` transforms, ``torch.compile``) the tree comes back unchanged.
 
     Args:
       tree: a pytree of floating tensors.
@@ -493,9 +499,9 @@ class GradSum:
 
     Each :meth:`add` evaluates ``fn(params) -> (out, aux)`` at :attr:`params` (``out`` a dict
     of named tensors of one shape, e.g. scalar losses) and adds the gradients of its outputs,
-    each weighted by the given cotangent; :meth:`total` is the sum. With ``labels`` (a tree shaped like the parameters
-    whose leaves name outputs: multi-loss routing) a leaf gets only the gradient of the output
-    its label names; without, every leaf gets every output's.
+    each weighted by the given cotangent; :meth:`total` is the sum. With ``labels`` (a tree
+    shaped like the parameters whose leaves name outputs: multi-loss routing) a leaf gets only
+    the gradient of the output its label names; without, every leaf gets every output's.
 
     Eagerly, :attr:`params` holds detached copies of the parameters' leaves (no data is
     copied, the trees given are never written) and autograd's own accumulation sums into
@@ -514,13 +520,7 @@ class GradSum:
 
     def __init__(self, params: Any, labels: Any = None):
         self._tracing = is_tracing()
-        xs, self._spec = _tree.flatten(params)
-        for x in xs:
-            if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
-                raise TypeError(
-                    "GradSum: params must be a pytree of floating tensors; found a leaf of type "
-                    f"{getattr(x, 'dtype', type(x).__name__)}"
-                )
+        xs, self._spec = _floating_leaves(params, "GradSum: params")
         self._labels = None if labels is None else self._spec.flatten_up_to(labels)
         if self._tracing:
             self._xs, self._sums = xs, [None] * len(xs)
@@ -536,7 +536,9 @@ class GradSum:
             return list(range(len(self._xs)))
         return [i for i, lab in enumerate(self._labels) if lab == name]
 
-    def add(self, fn: Callable[[Any], tuple[dict, Any]], cotangent: float | torch.Tensor) -> tuple[dict, Any]:
+    def add(
+        self, fn: Callable[[Any], tuple[dict, Any]], cotangent: float | torch.Tensor
+    ) -> tuple[dict, Any]:
         """Evaluate ``fn`` at :attr:`params` and add its outputs' gradients to the sums.
 
         Args:
@@ -547,8 +549,11 @@ class GradSum:
         Returns:
           ``(out, aux)``, their tensors detached.
         """
+
         def ct(v):
-            return cotangent if isinstance(cotangent, torch.Tensor) else torch.full_like(v, cotangent)
+            if isinstance(cotangent, torch.Tensor):
+                return cotangent
+            return torch.full_like(v, cotangent)
 
         if self._tracing:
             out, vjp_fn, aux = torch.func.vjp(fn, self.params, has_aux=True)

@@ -59,7 +59,7 @@ import torch
 
 from .. import random as _random
 from ..nn.blocks import lengths_to_mask, normalize_tensor
-from ..nn.core import Model, deterministic
+from ..nn.core import Model, _marked
 from .mel import mel_filterbank
 from .waveform import check_audio
 
@@ -373,4 +373,4 @@ def filterbank(
         x = normalise(x, out_lengths, DIV_GUARD, stats)
         return (x, out_lengths), state
 
-    return Model(init, apply) if amount > 0 else deterministic(Model(init, apply))
+    return _marked(Model(init, apply), amount > 0)  # only dither draws

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .. import random as _random
-from ..nn.core import Model, deterministic, uses_key
+from ..nn.core import Model, _marked, uses_key
 
 __all__ = ["ctc_model", "CTC_PARTS"]
 
@@ -120,4 +120,4 @@ def ctc_model(front_end: Model, encoder: Model, decoder: Model) -> Model:
                 new_state[name] = s
         return (logits, out_lengths), new_state
 
-    return Model(init, apply) if keyed else deterministic(Model(init, apply))
+    return _marked(Model(init, apply), keyed)

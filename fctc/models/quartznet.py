@@ -26,6 +26,7 @@ from .. import nn as _nn
 from .. import random as _random
 from ..nn.core import (
     Model,
+    _marked,
     check_lengths,
     check_rank,
     deterministic,
@@ -267,7 +268,7 @@ def conv_block(
         )
         return (y, out_lengths), new_state
 
-    return Model(init, apply) if keyed else deterministic(Model(init, apply))
+    return _marked(Model(init, apply), keyed)
 
 
 # ------------------------------------------------------------------------------ validation
@@ -321,8 +322,7 @@ def _encoder(blocks: Sequence[Model], feat_in: int, name: str) -> Model:
         _check_input(x, lengths, feat_in, name)
         return body.apply(params, state, x, lengths, train=train, key=key)
 
-    model = Model(body.init, apply)
-    return model if uses_key(body) else deterministic(model)
+    return _marked(Model(body.init, apply), uses_key(body))
 
 
 # --------------------------------------------------------------------------------- encoder

@@ -18,13 +18,12 @@ splits no key, and gives its children none.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from .. import random as _random
-from .core import Model, check_lengths, check_rank, deterministic, uses_key
+from .core import Model, _marked, check_lengths, check_rank, uses_key
 
 __all__ = ["serial", "sequential", "masked"]
 
@@ -39,14 +38,6 @@ def _check_models(models: tuple, name: str) -> tuple[Model, ...]:
                 f"got {type(m).__name__}; call layer factories, e.g. relu() not relu"
             )
     return models
-
-
-def _chain(keyed: bool, init: Callable, apply: Callable) -> Model:
-    """A combinator's model, marked deterministic (:func:`~fctc.nn.core.deterministic`) when
-    no child draws (``keyed`` False): then it derives no child keys, and the chains around it
-    give it none."""
-    model = Model(init, apply)
-    return model if keyed else deterministic(model)
 
 
 def _child_keys(key: Any, n: int) -> list[Any]:
@@ -127,7 +118,7 @@ def serial(*models: Model) -> Model:
         key = key if keyed else None
         return _run_chain(models, params, state, "serial", step, _Args(inputs), train, key)
 
-    return _chain(keyed, init, apply)
+    return _marked(Model(init, apply), keyed)  # no child draws: no keys derived
 
 
 class _Args(tuple):
@@ -181,7 +172,7 @@ def sequential(*models: Model) -> Model:
         key = key if keyed else None
         return _run_chain(models, params, state, "sequential", step, (x, lengths), train, key)
 
-    return _chain(keyed, init, apply)
+    return _marked(Model(init, apply), keyed)  # no child draws: no keys derived
 
 
 def masked(*models: Model) -> Model:
@@ -222,4 +213,4 @@ def masked(*models: Model) -> Model:
         new_state = {"layer": s} if "layer" in state or s else {}
         return (y, lengths), new_state
 
-    return _chain(uses_key(inner), init, apply)
+    return _marked(Model(init, apply), uses_key(inner))

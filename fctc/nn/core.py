@@ -24,7 +24,10 @@ __all__ = [
     "Model",
     "deterministic",
     "uses_key",
-    "check_rank", "check_lengths", "length_bounds", "lengths_follow",
+    "check_rank",
+    "check_lengths",
+    "length_bounds",
+    "lengths_follow",
     "check_params",
 ]
 
@@ -74,6 +77,12 @@ def deterministic(model: Any) -> Any:
         setattr(forward, _DETERMINISTIC, True)
         return Model(model.init, forward) if isinstance(model, Model) else forward
     return model
+
+
+def _marked(model: Model, draws: bool) -> Model:
+    """``model`` as it is when it ``draws`` random numbers, else :func:`deterministic` of it
+    (for the layers and models whose drawing depends on how they were built)."""
+    return model if draws else deterministic(model)
 
 
 def uses_key(model: Any) -> bool:

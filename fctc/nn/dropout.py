@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import random as _random
-from .core import Model, deterministic
+from .core import Model, _marked
 
 __all__ = ["dropout"]
 
@@ -57,4 +57,4 @@ def dropout(p: float = 0.5) -> Model:
         keep = _random.bernoulli(key.to(x.device), 1.0 - p, tuple(x.shape), word_bits=16)
         return x * (keep.to(x.dtype) * (1.0 / (1.0 - p))), state
 
-    return deterministic(Model(init, apply)) if p == 0.0 else Model(init, apply)
+    return _marked(Model(init, apply), p > 0.0)
