@@ -130,6 +130,10 @@ def test_routing_rule_errors_name_the_rule():
                             log_only=["x"])
     with pytest.raises(ValueError, match=r"optimises one loss, but loss_fn returned \['aux', 'ctc'\]"):
         three(three.init_state(random.key(0)), batch)
+    logged_only = make_train_step(MODEL, {"ctc": optim.sgd(0.1)}, lambda *a: ({"aux": two_losses(*a)[0]["aux"]}, a[1]),
+                                  param_labels=fctc.tree.map(lambda _: "ctc", LABELS), log_only=["aux"])
+    with pytest.raises(ValueError, match=r"returned only the log_only losses \['aux'\].*groups \['ctc'\]"):
+        logged_only(logged_only.init_state(random.key(0)), batch)
     with pytest.raises(ValueError, match="both transformation groups and log_only"):
         make_train_step(MODEL, {"ctc": optim.sgd(0.1)}, two_losses, param_labels=LABELS, log_only=["ctc"])
     bad = make_train_step(MODEL, optim.sgd(0.1), lambda p, s, b, k: ((plain(p, s, b, k)[0], {}), s))

@@ -151,6 +151,12 @@ class LossRules:
                 f"without optimising it: make_train_step(..., log_only=[{unknown[0]!r}])"
             )
         optimised = {n: v for n, v in loss.items() if n in self.groups}
+        if not optimised:
+            raise ValueError(
+                f"train_step: loss_fn returned only the log_only losses {sorted(loss)}, so the step "
+                f"has nothing to optimise; return a loss for at least one of the groups "
+                f"{sorted(self.groups)}"
+            )
         return optimised, {n: v for n, v in loss.items() if n in self.log_only}
 
     def _single(self, loss: Any) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
