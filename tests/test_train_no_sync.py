@@ -4,7 +4,10 @@ On CUDA every Python read of a tensor's value (``.item()``, ``bool(t)``, ``int(t
 ``.tolist()``) waits for the device. fctc takes its host shortcuts only where that read is
 free (:func:`fctc.backend.host_is_free`) and checks user-given values only where
 :func:`fctc.backend.checks_values` allows; here both say "accelerator" while the tensors stay on
-the CPU, and every value read raises.
+the CPU, and every value read raises: Python's reads (``Tensor.item`` and the like) and, below
+them, the ATen operations that copy a value to the host on CUDA (``_local_scalar_dense``, which
+also serves torch's own conversions of a 0-d tensor to a Python number, and the operations
+whose output size depends on values, such as ``nonzero``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import contextlib
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import fctc
 import fctc.optim._kernels
@@ -22,10 +26,26 @@ from fctc.train import Batch, make_train_step
 
 FEAT, CLASSES, BLANK = 8, 6, 5
 _READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")
+# ATen operations that wait for a CUDA device: a value copied to the host, or an output whose
+# size depends on the values.
+_SYNCING_OPS = frozenset({
+    "_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select", "_unique2",
+    "unique_dim", "unique_consecutive",
+})
 
 
 class HostRead(AssertionError):
     """A value of a tensor was read back to Python."""
+
+
+class SyncingOps(TorchDispatchMode):
+    """Fails on every ATen operation that synchronises a CUDA device with the host (e.g. a
+    0-d tensor passed where torch takes a Python number: the argument parser reads it)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in _SYNCING_OPS:
+            raise HostRead(f"{func} reads a value back to the host")
+        return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
@@ -42,7 +62,8 @@ def accelerator_like(monkeypatch):
                     raise HostRead(f"Tensor.{_name} read a value back to the host")
 
                 m.setattr(torch.Tensor, name, read)
-            yield
+            with SyncingOps():
+                yield
 
 
 def _model():
@@ -68,8 +89,9 @@ def test_eager_step_makes_no_host_read_on_an_accelerator_path(monkeypatch, accum
     for i in range(2):
         reference, m_ref = step(reference, _batch(i))
     with accelerator_like(monkeypatch):
-        with pytest.raises(HostRead):  # the detector works
-            bool(torch.ones(()))
+        for read in (bool, lambda t: torch._foreach_add([t], t), torch.nonzero):
+            with pytest.raises(HostRead):  # the detector works, in Python and below it
+                read(torch.ones(()))
         for i in range(2):
             state, m = step(state, _batch(i))
     # The same arithmetic as with the host shortcuts.
@@ -84,3 +106,36 @@ def test_fp16_step_with_loss_scaling_makes_no_host_read(monkeypatch):
     with accelerator_like(monkeypatch):
         state, m = step(state, _batch(0))
     assert m["loss_scale"].dtype == torch.float32
+
+
+_SCHEDULE = optim.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10)
+_FAMILIES = {
+    "adam with eps_root": lambda: optim.adam(1e-3, eps_root=1e-8),
+    "nesterov adam": lambda: optim.adam(1e-3, nesterov=True),
+    "centred rmsprop with momentum": lambda: optim.rmsprop(1e-3, centered=True, momentum=0.9),
+    "nesterov sgd on a schedule": lambda: optim.sgd(_SCHEDULE, momentum=0.9, nesterov=True),
+    "clip by value": lambda: optim.chain(optim.clip(0.5), optim.sgd(0.1)),
+    "adaptive clipping": lambda: optim.chain(optim.adaptive_grad_clip(0.1), optim.sgd(0.1)),
+    "injected hyperparameters": lambda: optim.inject_hyperparams(optim.adamw)(
+        learning_rate=_SCHEDULE, b1=0.9, weight_decay=1e-2),
+    "apply_if_finite": lambda: optim.apply_if_finite(optim.adamw(1e-3), 3),
+    "MultiSteps": lambda: optim.MultiSteps(optim.adamw(1e-3), 2),
+    "every_n_steps": lambda: optim.every_n_steps(optim.adamw(1e-3), 2),
+    "reduce_on_plateau": lambda: optim.chain(optim.adamw(1e-3), optim.reduce_on_plateau()),
+}
+
+
+@pytest.mark.parametrize("family", sorted(_FAMILIES))
+def test_every_transformation_family_updates_without_a_host_read(monkeypatch, family):
+    """The optimisers, clips, schedules and wrappers (those that skip calls included) read no
+    value on an accelerator path, over calls that emit an update and calls that do not, and
+    compute what they compute with the CPU's shortcuts."""
+    step = make_train_step(_model(), _FAMILIES[family](), blank=BLANK)
+    reference = state = step.init_state(random.key(0))
+    for i in range(3):
+        reference, _ = step(reference, _batch(i))
+    with accelerator_like(monkeypatch):
+        for i in range(3):
+            state, _ = step(state, _batch(i))
+    assert_trees_allclose(state.params, reference.params)
+    assert_trees_allclose(state.opt_state, reference.opt_state)

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .. import backend as _backend
-from ._leaves import Scalar, bias_correction, ema, ema_sq, like_dtypes, sc
+from ._leaves import Scalar, add_scalar, bias_correction, ema, ema_sq, like_dtypes
 from .base import _added, safe_int32_increment
 
 #: Target number of elements per block when CPU updates are cache-blocked.
@@ -209,18 +209,18 @@ def _adam_foreach(gs, ms, vs, ps, keep, h: AdamHyper, bc: _Corrections):
     if isinstance(h.eps_root, (int, float)) and h.eps_root == 0:
         denom = torch._foreach_sqrt(nu)
     else:
-        denom = torch._foreach_add(nu, sc(nu, h.eps_root * bc.bc2))
+        denom = add_scalar(nu, h.eps_root * bc.bc2)
         torch._foreach_sqrt_(denom)
     if h.nesterov:
         # mu_hat = b1 * mu / bc1(t+1) + (1 - b1) * g / bc1(t)
         num = torch._foreach_mul(mu, h.b1 / bc.bc1_next)
         axpy_(num, gs, (1 - h.b1) / bc.bc1)
         torch._foreach_div_(denom, sqrt_bc2)
-        torch._foreach_add_(denom, sc(denom, h.eps))
+        add_scalar(denom, h.eps, inplace=True)
     else:
         num = mu
         torch._foreach_mul_(denom, bc.bc1 / sqrt_bc2)
-        torch._foreach_add_(denom, sc(denom, h.eps * bc.bc1))
+        add_scalar(denom, h.eps * bc.bc1, inplace=True)
     upd = torch._foreach_div(num, denom)
     if h.wd is not None:
         keep_ps = ps if keep is None else [p for p, k in zip(ps, keep) if k]

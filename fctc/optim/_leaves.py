@@ -76,15 +76,40 @@ def on(x: Scalar, device: torch.device) -> Scalar:
 
 
 def sc(xs: list, s: Scalar) -> Any:
-    """A scalar operand for a foreach add/sub/lerp/clamp over ``xs``.
+    """A scalar operand for a foreach lerp or clamp over ``xs`` (for an add, :func:`add_scalar`).
 
-    Under tracing, a tensor scalar is passed as a list of 0-d tensors: dynamo traces that form
-    without a graph break, while the single-tensor overloads of these ops would read the value
-    on the host. Eagerly the single-tensor overload keeps CUDA's fused foreach kernels.
+    torch's argument parser takes a 0-d tensor given to these ops for a Python number and reads
+    its value: a device synchronisation on CUDA, a graph break under tracing. Where that read is
+    not free (:func:`fctc.backend.host_is_free`), a tensor scalar is passed as a list of 0-d
+    tensors, one per leaf, which the list overloads broadcast on the device; on the CPU the
+    scalar overload reads it at no cost and keeps its kernel.
     """
-    if isinstance(s, torch.Tensor) and _backend.is_tracing():
+    if isinstance(s, torch.Tensor) and not _backend.host_is_free([s]):
         return [s] * len(xs)
     return s
+
+
+def add_scalar(xs: list, s: Scalar, inplace: bool = False) -> list | None:
+    """``x + s`` for every leaf, one foreach kernel with no host read of a tensor ``s``.
+
+    A Python number, or a 0-d tensor on the CPU, takes the scalar overload (as :func:`sc`);
+    eagerly on an accelerator the tensor overload (``alpha=1`` selects it: CUDA's fused kernel
+    reads ``s`` on the device); under tracing the list form, which dynamo traces whole.
+
+    Args:
+      xs: the tensors.
+      s: the scalar.
+      inplace: add into ``xs`` (returns None) instead of into new tensors.
+
+    Returns:
+      The sums, or None in place.
+    """
+    op = torch._foreach_add_ if inplace else torch._foreach_add
+    if isinstance(s, torch.Tensor) and not _backend.host_is_free([s]):
+        if _backend.is_tracing():
+            return op(xs, [s] * len(xs))
+        return op(xs, s, alpha=1)
+    return op(xs, s)
 
 
 def scaled(updates: Any, factor: Scalar) -> Any:

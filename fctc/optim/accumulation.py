@@ -13,8 +13,8 @@ fctc has one accumulation story with two places:
 :func:`every_n_steps` (speechain's ``step_per_update``) runs its inner transformation on every
 ``n``-th call and discards the gradients in between. Both decide per call with one rule
 (:func:`_run_when`): compiled, the inner update runs at every call and is selected with
-``torch.where`` (branch-free, one graph); eagerly, a call that emits nothing skips it (one host
-read of a counter).
+``torch.where`` (branch-free, one graph), and so on accelerators, where reading a counter would
+wait for the device; eagerly on the CPU, a call that emits nothing skips it (a free host read).
 """
 
 from __future__ import annotations
@@ -47,10 +47,11 @@ def _run_when(on: torch.Tensor, tx: Any, updates: Any, inner_state: Any, params:
       updates, inner_state, params, extra: its arguments.
 
     Returns:
-      ``(updates, inner_state)``. Eagerly a False ``on`` skips ``tx`` altogether (one host
-      read); traced, ``tx`` runs and its results are selected, so one graph serves both.
+      ``(updates, inner_state)``. Eagerly on the CPU a False ``on`` skips ``tx`` altogether
+      (its host read is free there); traced, or on an accelerator (where the read would wait
+      for the device), ``tx`` runs and its results are selected, so one graph serves both.
     """
-    if not _backend.is_tracing() and not bool(on):
+    if _backend.host_is_free([on]) and not bool(on):
         return _tree.map(torch.zeros_like, updates), inner_state
     new_updates, new_inner = tx.update(updates, inner_state, params, **extra)
     out = _backend.select(on, new_updates, _tree.map(torch.zeros_like, new_updates))

@@ -27,13 +27,13 @@ from ._kernels import AdamHyper, axpy, blocked, check_cpu_kernel
 from ._leaves import bias_correction as _bias_correction
 from ._leaves import (
     Leaves,
+    add_scalar,
     ema,
     ema_sq,
     full_like,
     like_dtypes,
     on,
     promoted,
-    sc,
     scaled,
     tree_zeros,
 )
@@ -304,16 +304,16 @@ def _rms_scale(gs, nu_hat, mu_hat, eps, eps_in_sqrt):
     d = None if mu_hat is None else torch._foreach_addcmul(nu_hat, mu_hat, mu_hat, value=-1)
     if eps_in_sqrt:
         if d is None:
-            d = torch._foreach_add(nu_hat, sc(nu_hat, eps))
+            d = add_scalar(nu_hat, eps)
         else:
-            torch._foreach_add_(d, sc(d, eps))
+            add_scalar(d, eps, inplace=True)
         torch._foreach_rsqrt_(d)
         return list(torch._foreach_mul(gs, d))
     if d is None:
         d = torch._foreach_sqrt(nu_hat)
     else:
         torch._foreach_sqrt_(d)
-    torch._foreach_add_(d, sc(d, eps))
+    add_scalar(d, eps, inplace=True)
     return list(torch._foreach_div(gs, d))
 
 
