@@ -52,6 +52,7 @@ __all__ = [
     "jit_trees",
     "is_tracing",
     "host_is_free",
+    "as_tensor",
     "checks_values",
     "value_checks",
     "VALUE_CHECKS",
@@ -83,6 +84,27 @@ def host_is_free(tensors: Sequence[torch.Tensor]) -> bool:
 
 
 _IS_CPU = operator.attrgetter("is_cpu")
+
+
+def as_tensor(value: Any, dtype: torch.dtype | None = None, device: Any = None) -> torch.Tensor:
+    """``torch.as_tensor(value, dtype, device)``, a Python number filled in on the device.
+
+    ``torch.as_tensor`` and ``torch.tensor`` build a tensor from Python data on the CPU and
+    copy it over, and on CUDA that copy waits for the device; a Python ``bool``, ``int`` or
+    ``float`` here becomes ``torch.full`` of it (a fill kernel, nothing copied), with the same
+    value and the same inferred dtype. Tensors and other data go to ``torch.as_tensor``.
+
+    Args:
+      value: a Python number, a tensor, or data ``torch.as_tensor`` takes.
+      dtype: the dtype (None: inferred, as ``torch.as_tensor`` does).
+      device: the device (None: the default one, or a tensor's own).
+
+    Returns:
+      The tensor (``value`` itself when it is a tensor that already fits).
+    """
+    if isinstance(value, (bool, int, float)):
+        return torch.full((), value, dtype=dtype, device=device)
+    return torch.as_tensor(value, dtype=dtype, device=device)
 
 
 #: The modes of :func:`value_checks`.

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .backend import host_is_free, is_tracing
+from .backend import as_tensor, host_is_free, is_tracing
 
 __all__ = [
     "key",
@@ -268,7 +268,7 @@ def fold_in(k: torch.Tensor, data: int | torch.Tensor) -> torch.Tensor:
         d = data.reshape(()).to(device=k.device, dtype=torch.int64)
     else:
         d = data % 2**64  # any Python int, as its 64-bit two's-complement pattern
-        d = torch.tensor(d - 2**64 if d >= 2**63 else d, dtype=torch.int64, device=k.device)
+        d = as_tensor(d - 2**64 if d >= 2**63 else d, torch.int64, k.device)
     hi = ((d >> 32) & _MASK) ^ (_FOLD_DOMAIN << 16)
     y0, y1 = _threefry2x32(k, _to_int32(hi), _to_int32(d & _MASK))
     return _to_word(torch.stack([y0, y1]))
@@ -380,9 +380,9 @@ def uniform(
             raise ValueError(f"random.uniform: need minval < maxval, got {minval}, {maxval}")
     out = u * (maxval - minval) + minval
     # Rounding of the affine map can land on maxval itself: keep the interval half-open.
-    hi = torch.as_tensor(maxval, dtype=dtype, device=out.device)
+    hi = as_tensor(maxval, dtype, out.device)
     out = torch.minimum(out, torch.nextafter(hi, torch.full_like(hi, -math.inf)))
-    return torch.maximum(out, torch.as_tensor(minval, dtype=dtype, device=out.device))
+    return torch.maximum(out, as_tensor(minval, dtype, out.device))
 
 
 def normal(
@@ -516,8 +516,8 @@ def randint(
     """
     _check_key(k, "randint")
     u = _unit(k, _shape(shape), torch.float64)
-    lo = torch.as_tensor(minval, device=k.device)
-    hi = torch.as_tensor(maxval, device=k.device)
+    lo = as_tensor(minval, device=k.device)
+    hi = as_tensor(maxval, device=k.device)
     span = (hi - lo).clamp_min(0).to(torch.float64)
     out = lo + torch.floor(u * span).to(torch.int64)
     return torch.minimum(out, (hi - 1).clamp_min(lo)).to(torch.int64)

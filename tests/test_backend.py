@@ -421,3 +421,31 @@ def test_select_on_the_host_returns_the_chosen_leaves_themselves():
     assert out["w"] is new["w"] and out["s"] == 2
     out = backend.select(torch.tensor(False), new, old)
     assert out["w"] is old["w"]
+
+
+def test_as_tensor_fills_python_numbers_in_on_the_device():
+    """The same values and dtypes as torch.as_tensor; a number is filled in on the device (one
+    aten.full there, no copy of host data), anything else is torch.as_tensor's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    for value in (True, 3, -(2**63), 2**63 - 1, 1.5, -0.0, float("inf")):
+        for dtype in (None, torch.float64, torch.int64):
+            if dtype is torch.int64 and isinstance(value, float):
+                continue
+            got, want = backend.as_tensor(value, dtype), torch.as_tensor(value, dtype=dtype)
+            assert got.dtype == want.dtype and got.shape == () and torch.equal(got, want)
+        with Ops() as ops:
+            on_meta = backend.as_tensor(value, device="meta")
+        assert ops.seen == ["full"] and on_meta.device.type == "meta"
+    x = torch.arange(3.0)
+    assert backend.as_tensor(x) is x
+    assert torch.equal(backend.as_tensor([1, 2]), torch.tensor([1, 2]))

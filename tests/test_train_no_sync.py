@@ -139,3 +139,78 @@ def test_every_transformation_family_updates_without_a_host_read(monkeypatch, fa
             state, _ = step(state, _batch(i))
     assert_trees_allclose(state.params, reference.params)
     assert_trees_allclose(state.opt_state, reference.opt_state)
+
+
+class HostToDevice(TorchDispatchMode):
+    """Records every copy of host data to another device (on CUDA a copy that, unless
+    ``non_blocking``, waits for the device): CPU tensors copied over, and tensors built there
+    from Python data by ``torch.tensor`` / ``torch.as_tensor``, which torch does below the
+    dispatcher (patched while active). Other operations cannot mix a non-scalar CPU tensor into
+    device work: torch refuses them."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[str] = []
+        self._patch = pytest.MonkeyPatch()
+
+    def _from_data(self, name, make):
+        def wrapped(data, *args, device=None, **kwargs):
+            out = make(data, *args, device=device, **kwargs)
+            if not out.is_cpu and not (isinstance(data, torch.Tensor) and data.device == out.device):
+                self.seen.append(f"torch.{name}")
+            return out
+
+        return wrapped
+
+    def __enter__(self):
+        for name in ("tensor", "as_tensor"):
+            self._patch.setattr(torch, name, self._from_data(name, getattr(torch, name)))
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self._patch.undo()
+        return super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ in ("_to_copy", "copy_"):
+            src = args[1] if func.overloadpacket.__name__ == "copy_" else args[0]
+            if src.is_cpu and not out.is_cpu:
+                self.seen.append(str(func))
+        return out
+
+
+@pytest.mark.parametrize("accum_steps", [1, 2])
+def test_eager_step_on_a_device_without_values(accum_steps):
+    """The whole eager step on the meta device, an accelerator whose tensors hold no values:
+    every value read fails there, without patching fctc's device tests, and no host data is
+    copied over. (torch's CTC kernel has no meta implementation: a loss of the logits stands
+    in for it; ``ctc_loss`` itself is covered by the tests above.)"""
+    model = _model()
+    meta = torch.device("meta")
+
+    def loss_fn(params, model_state, batch, key):
+        (logits, _), new_state = model.apply(
+            params, model_state, batch.audio, batch.audio_lengths, train=True, key=key
+        )
+        return logits.float().pow(2).mean(), new_state
+
+    tx = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(_SCHEDULE, weight_decay=1e-2))
+    step = make_train_step(model, tx, loss_fn, accum_steps=accum_steps)
+    state = step.init_state(random.key(0), device=meta)
+    batch = Batch(*(t.to(meta) for t in _batch(0)))
+    with pytest.raises(RuntimeError, match="meta"):
+        bool(torch.ones((), device=meta))  # the device has no values to read
+    with HostToDevice() as check:  # the detector works
+        torch.ones(3).to(meta)
+        torch.zeros(3, device=meta).copy_(torch.ones(3))
+        torch.tensor([1.0, 2.0], device=meta)
+        torch.as_tensor(2.0, device=meta)
+        torch.as_tensor(torch.zeros((), device=meta), device=meta)  # already there: no copy
+        torch.zeros(3, device=meta) * torch.tensor(2.0)  # a CPU scalar operand is passed by value
+    assert len(check.seen) == 4, check.seen
+    with HostToDevice() as copies:
+        for _ in range(2):
+            state, metrics = step(state, batch)
+    assert copies.seen == []
+    assert {t.device for t in fctc.tree.leaves((state, metrics))} == {meta}

@@ -224,7 +224,7 @@ class MultiSteps:
           ``every_k_schedule(state.gradient_step)`` on the state's device.
         """
         k = self._every_k_schedule(state.gradient_step)
-        return torch.as_tensor(k, device=state.mini_step.device).to(torch.int32)
+        return _backend.as_tensor(k, device=state.mini_step.device).to(torch.int32)
 
     def emits(self, state: MultiStepsState) -> torch.Tensor:
         """Whether the next :meth:`update` on ``state`` ends an accumulation window.

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .. import backend as _backend
 from .. import tree as _tree
 from ._leaves import float_dtype
 from .base import (
@@ -118,7 +119,7 @@ def _split_arguments(sig, static, integer_params, args, kwargs) -> _Split:
 
 
 def _as_hyperparam(v: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    t = torch.as_tensor(v, device=device)
+    t = _backend.as_tensor(v, device=device)
     if t.is_floating_point() or not isinstance(v, torch.Tensor):
         t = t.to(dtype)
     return t
@@ -188,7 +189,7 @@ def _schedule_count(state: InjectHyperparamsState, extra: dict, schedule_input: 
             f"{schedule_input}=...; fctc.train.make_train_step passes the train state's "
             f"observations (state = step.observe(state, {schedule_input}=...))"
         )
-    return torch.as_tensor(extra[schedule_input], device=state.count.device).to(torch.int32)
+    return _backend.as_tensor(extra[schedule_input], device=state.count.device).to(torch.int32)
 
 
 def _injected(inner_factory: Callable, split: _Split, hyperparam_dtype, schedule_input) -> FusedTransformation:

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .. import backend as _backend
 from .. import tree as _tree
 
 __all__ = ["LossScaleState", "DynamicLossScale", "dynamic_loss_scale"]
@@ -134,7 +135,7 @@ class DynamicLossScale(NamedTuple):
           The next :class:`LossScaleState`.
         """
         scale, tracker = state.scale, state.growth_tracker
-        finite = torch.as_tensor(grads_finite, device=scale.device).to(torch.bool)
+        finite = _backend.as_tensor(grads_finite, device=scale.device).to(torch.bool)
         successful = tracker + 1
         grow = finite & (successful >= self.growth_interval)
         grown = scale * self.growth_factor

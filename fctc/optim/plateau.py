@@ -121,7 +121,7 @@ def reduce_on_plateau(
 
     def observed(state, value):
         """The state after taking in ``value`` (optax's rule)."""
-        value = torch.as_tensor(value, device=state.avg_value.device).to(state.avg_value.dtype)
+        value = _backend.as_tensor(value, device=state.avg_value.device).to(state.avg_value.dtype)
         new_count = safe_int32_increment(state.count)
         avg = (state.count * state.avg_value + value) / new_count
         after = _averaged(state, avg, factor, patience, rtol, atol, cooldown, min_scale)
@@ -145,7 +145,7 @@ def reduce_on_plateau(
             )
         new_state = observed(state, value)
         if value_count is not None:
-            n = torch.as_tensor(value_count, device=state.value_count.device).to(torch.int32)
+            n = _backend.as_tensor(value_count, device=state.value_count.device).to(torch.int32)
             fresh = n != state.value_count
             new_state = _backend.select(fresh, new_state._replace(value_count=n), state)
         xs, spec = _tree.flatten(updates)

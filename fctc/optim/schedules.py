@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from .. import backend as _backend
+
 __all__ = [
     "Schedule",
     "constant_schedule",
@@ -231,7 +233,7 @@ def exponential_decay(
         p = shifted / transition_steps
         if staircase:
             p = torch.floor(p)
-        rate = torch.as_tensor(decay_rate, dtype=torch.float32, device=c.device)
+        rate = _backend.as_tensor(decay_rate, torch.float32, c.device)
         decayed = torch.where(shifted <= 0, _full(init_value, c), init_value * torch.pow(rate, p))
         if end_value is not None:
             bound = _full(end_value, c)
@@ -329,8 +331,8 @@ def piecewise_interpolate_schedule(
     def schedule(count):
         c = _count(count)
         cf = _f32(c)[..., None]
-        b = torch.tensor(bounds, dtype=torch.float32, device=c.device)
-        v = torch.tensor(values, dtype=torch.float32, device=c.device)
+        b = torch.stack([_backend.as_tensor(x, torch.float32, c.device) for x in bounds])
+        v = torch.stack([_backend.as_tensor(x, torch.float32, c.device) for x in values])
         size = torch.clamp(b[1:] - b[:-1], min=1)
         inside = (b[:-1] <= cf) & (cf < b[1:])
         pct = (cf - b[:-1]) / size

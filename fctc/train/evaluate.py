@@ -56,7 +56,7 @@ def _stats_of(loss_fn: Callable, precision: str):
         out = as_loss_output(out)
         if not out.stats:
             return {}, None
-        stats = {k: torch.as_tensor(v, device=device).detach().float() for k, v in out.stats.items()}
+        stats = {k: backend.as_tensor(v, device=device).detach().float() for k, v in out.stats.items()}
         return stats, weight_of(out.weight, batch, device)
 
     return run

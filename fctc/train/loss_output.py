@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .. import backend as _backend
 from .. import tree as _tree
 
 __all__ = ["LossOutput", "as_loss_output", "weight_of", "LossRules", "SINGLE"]
@@ -98,7 +99,7 @@ def weight_of(weight: Any, batch: Any, device: torch.device) -> torch.Tensor:
     """
     if weight is None:
         weight = float(_tree.leaves(batch)[0].shape[0])
-    w = torch.as_tensor(weight, device=device)
+    w = _backend.as_tensor(weight, device=device)
     if w.numel() != 1:
         raise ValueError(f"loss_fn: weight must be a single number, got shape {tuple(w.shape)}")
     return w.detach().reshape(()).to(torch.float32)

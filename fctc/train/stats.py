@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from .. import backend as _backend
+
 __all__ = ["WeightedMean", "STATS_PREFIX"]
 
 STATS_PREFIX = "stats/"
@@ -23,7 +25,7 @@ STATS_PREFIX = "stats/"
 
 def _scalar(x: Any, like: torch.Tensor | None = None) -> torch.Tensor:
     device = like.device if like is not None else None
-    t = torch.as_tensor(x, device=device).detach()
+    t = _backend.as_tensor(x, device=device).detach()
     if t.numel() != 1:
         raise ValueError(f"stats and weights must be single numbers, got shape {tuple(t.shape)}")
     return t.reshape(()).to(torch.float32)

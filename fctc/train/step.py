@@ -262,7 +262,7 @@ class TrainStep:
             logged = {n: v.detach().float() for n, v in logged.items()}
             stats, weight = {}, ()  # aux holds tensors only (functorch's vjp): none by default
             if out.stats:
-                stats = {k: torch.as_tensor(v, device=device).detach().float() for k, v in out.stats.items()}
+                stats = {k: backend.as_tensor(v, device=device).detach().float() for k, v in out.stats.items()}
                 weight = weight_of(out.weight, mb, device)
             return {n: v.float() for n, v in optimised.items()}, (new_state, logged, stats, weight)
 
