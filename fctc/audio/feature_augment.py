@@ -126,7 +126,9 @@ def random_warp(
     Example ``b`` is resampled (linear interpolation) to ``round(lengths[b] * r)`` frames with
     ``r ~ U[1 - time_stretch, 1 + time_stretch]`` (speaking-rate perturbation), and its feature
     ``f`` reads feature ``f / a`` with ``a ~ U[1 - freq_warp, 1 + freq_warp]`` (a vocal-tract-
-    length-like warp of the mel axis). Frames beyond the new lengths are 0.
+    length-like warp of the mel axis). Frames beyond the new lengths are 0. The output's time
+    size is the longest new length, read on the host once per call (on an accelerator, a wait
+    for the device).
 
     Args:
         key: the PRNG key the factors are drawn from.
