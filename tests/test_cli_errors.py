@@ -17,7 +17,6 @@ import pytest
 import torch
 import yaml
 
-import fctc
 from fctc.cli import schema
 from fctc.cli.config import ConfigError, default_config, load_config, merge_config
 from fctc.cli.errors import RunError, user_error_message

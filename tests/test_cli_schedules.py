@@ -4,7 +4,6 @@ metrics.csv: schedule.name plateau / monitor / patience / factor / interval, sta
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch

@@ -122,7 +122,7 @@ def test_read_manifest_bad_line_names_file_and_line(tmp_path, line, match):
     manifest = write_manifest(tmp_path / "bad.jsonl", [good, line])
     with pytest.raises(ManifestError, match=match) as e:
         read_manifest(manifest)
-    assert f"bad.jsonl:2" in str(e.value)
+    assert "bad.jsonl:2" in str(e.value)
 
 
 def test_read_manifest_keeps_the_other_fields_read_only(tmp_path):
@@ -263,7 +263,7 @@ def _bad_case(tmp_path: Path, case: str) -> tuple[Path, dict]:
 @pytest.mark.parametrize("case", list(SKIP_REASONS))
 def test_policy_skip_counts_and_warns(tmp_path, case):
     manifest, kwargs = _bad_case(tmp_path, case)
-    with pytest.warns(UserWarning, match=f"skipped 1 utterance.*m.jsonl:4"):
+    with pytest.warns(UserWarning, match="skipped 1 utterance.*m.jsonl:4"):
         ds = SpeechDataset(read_manifest(manifest), VOCAB, **kwargs)
     assert dict(ds.skipped) == {case: 1}
     assert len(ds) == 3 and [u.text for u in ds.utterances] == [t for t, _ in GOOD]

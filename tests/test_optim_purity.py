@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import fctc
 import fctc.optim as optim
 from fctc import tree as T
 from fctc.testing import assert_pure

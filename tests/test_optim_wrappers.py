@@ -2,7 +2,6 @@
 reduce_on_plateau. Inner optimisers are small stateful transforms defined here, so the wrappers
 are tested on their own."""
 
-import functools
 import math
 from typing import Any, NamedTuple
 
