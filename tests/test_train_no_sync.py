@@ -1,13 +1,14 @@
 """The eager train step on an accelerator-like path reads nothing back to the host.
 
-On CUDA every Python read of a tensor's value (``.item()``, ``bool(t)``, ``int(t)``,
-``.tolist()``) waits for the device. fctc takes its host shortcuts only where that read is
-free (:func:`fctc.backend.host_is_free`) and checks user-given values only where
-:func:`fctc.backend.checks_values` allows; here both say "accelerator" while the tensors stay on
-the CPU, and every value read raises: Python's reads (``Tensor.item`` and the like) and, below
-them, the ATen operations that copy a value to the host on CUDA (``_local_scalar_dense``, which
-also serves torch's own conversions of a 0-d tensor to a Python number, and the operations
-whose output size depends on values, such as ``nonzero``).
+On CUDA every read of a tensor's value waits for the device. fctc takes its host shortcuts only
+where that read is free (:func:`fctc.backend.host_is_free`) and checks user-given values only
+where :func:`fctc.backend.checks_values` allows. Under :func:`fctc.host_reads.accelerator_path`
+both say "accelerator" while the tensors stay on the CPU, and :class:`fctc.host_reads.HostReads`
+fails on every read: Python's (``Tensor.item`` and the like) and, below them, the ATen
+operations that copy a value to the host on CUDA (``_local_scalar_dense``, which also serves
+torch's own conversions of a 0-d tensor to a Python number, and the operations whose output
+size depends on values, such as ``nonzero``). The last tests run the step on the meta device,
+which holds no values at all.
 """
 
 from __future__ import annotations
@@ -19,51 +20,20 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import fctc
-import fctc.optim._kernels
 from fctc import models, optim, random
+from fctc.host_reads import HostReadError as HostRead
+from fctc.host_reads import HostReads, accelerator_path
 from fctc.testing import assert_trees_allclose
 from fctc.train import Batch, make_train_step
 
 FEAT, CLASSES, BLANK = 8, 6, 5
-_READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__")
-# ATen operations that wait for a CUDA device: a value copied to the host, or an output whose
-# size depends on the values.
-_SYNCING_OPS = frozenset({
-    "_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select", "_unique2",
-    "unique_dim", "unique_consecutive",
-})
-
-
-class HostRead(AssertionError):
-    """A value of a tensor was read back to Python."""
-
-
-class SyncingOps(TorchDispatchMode):
-    """Fails on every ATen operation that synchronises a CUDA device with the host (e.g. a
-    0-d tensor passed where torch takes a Python number: the argument parser reads it)."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ in _SYNCING_OPS:
-            raise HostRead(f"{func} reads a value back to the host")
-        return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
-def accelerator_like(monkeypatch):
+def accelerator_like():
     """fctc's device tests answer as on an accelerator, and reading a tensor's value fails."""
-    for where in (fctc.backend, fctc.random):
-        monkeypatch.setattr(where, "host_is_free", lambda tensors: False)
-    # torch's fused Adam kernel is the CPU's only (accelerators take the foreach kernels).
-    monkeypatch.setattr(fctc.optim._kernels, "_IS_CPU", lambda x: False)
-    with fctc.backend.value_checks("never"):
-        with monkeypatch.context() as m:
-            for name in _READS:
-                def read(self, *args, _name=name, **kwargs):
-                    raise HostRead(f"Tensor.{_name} read a value back to the host")
-
-                m.setattr(torch.Tensor, name, read)
-            with SyncingOps():
-                yield
+    with accelerator_path(), HostReads():
+        yield
 
 
 def _model():
@@ -79,7 +49,7 @@ def _batch(seed: int) -> Batch:
 
 
 @pytest.mark.parametrize("accum_steps", [1, 2])
-def test_eager_step_makes_no_host_read_on_an_accelerator_path(monkeypatch, accum_steps):
+def test_eager_step_makes_no_host_read_on_an_accelerator_path(accum_steps):
     """QuartzNet with dropout, clipping and an AdamW schedule, one batch or micro-batches:
     no value read, and the same results as with the CPU's host shortcuts."""
     tx = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(optim.warmup_cosine_decay_schedule(
@@ -88,7 +58,7 @@ def test_eager_step_makes_no_host_read_on_an_accelerator_path(monkeypatch, accum
     reference = state = step.init_state(random.key(0))
     for i in range(2):
         reference, m_ref = step(reference, _batch(i))
-    with accelerator_like(monkeypatch):
+    with accelerator_like():
         for read in (bool, lambda t: torch._foreach_add([t], t), torch.nonzero):
             with pytest.raises(HostRead):  # the detector works, in Python and below it
                 read(torch.ones(()))
@@ -99,11 +69,11 @@ def test_eager_step_makes_no_host_read_on_an_accelerator_path(monkeypatch, accum
     assert_trees_allclose(state.params, reference.params)
 
 
-def test_fp16_step_with_loss_scaling_makes_no_host_read(monkeypatch):
+def test_fp16_step_with_loss_scaling_makes_no_host_read():
     """The fp16 step (autocast, dynamic loss scale, skip decision) reads no value either."""
     step = make_train_step(_model(), optim.adamw(1e-3), blank=BLANK, precision="fp16")
     state = step.init_state(random.key(0))
-    with accelerator_like(monkeypatch):
+    with accelerator_like():
         state, m = step(state, _batch(0))
     assert m["loss_scale"].dtype == torch.float32
 
@@ -126,7 +96,7 @@ _FAMILIES = {
 
 
 @pytest.mark.parametrize("family", sorted(_FAMILIES))
-def test_every_transformation_family_updates_without_a_host_read(monkeypatch, family):
+def test_every_transformation_family_updates_without_a_host_read(family):
     """The optimisers, clips, schedules and wrappers (those that skip calls included) read no
     value on an accelerator path, over calls that emit an update and calls that do not, and
     compute what they compute with the CPU's shortcuts."""
@@ -134,7 +104,7 @@ def test_every_transformation_family_updates_without_a_host_read(monkeypatch, fa
     reference = state = step.init_state(random.key(0))
     for i in range(3):
         reference, _ = step(reference, _batch(i))
-    with accelerator_like(monkeypatch):
+    with accelerator_like():
         for i in range(3):
             state, _ = step(state, _batch(i))
     assert_trees_allclose(state.params, reference.params)
