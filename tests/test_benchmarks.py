@@ -145,3 +145,43 @@ def test_depthwise_conv_times_both_implementations_of_a_layer():
     assert out["max_diff"] < 1e-4
     for label in ("forward", "forward+backward"):
         assert set(out[label]) == {"F.conv1d", "fctc"} and all(v > 0 for v in out[label].values())
+
+
+def test_host_sync_finds_only_the_time_warps_read_in_the_default_step(capsys):
+    """benchmarks/host_sync.py on the CPU (fctc's accelerator path): the default recipe's step
+    over cached features reads one value per step, random_warp's longest new length."""
+    from benchmarks import host_sync
+
+    result = host_sync.main(["--steps", "2", "--warmup", "1"])
+    assert [(n, what) for n, what, _ in result["reads"]] == [(1.0, "Tensor.__int__")]
+    assert "fctc/audio/feature_augment.py:" in result["reads"][0][2]
+    assert result["cuda_syncs"] == []
+    assert "1  Tensor.__int__" in capsys.readouterr().out
+
+
+def test_gpu_script_runs_every_check_and_brings_back_at_most_eight_files(tmp_path):
+    """benchmarks/gpu.sh with a recording interpreter: the checks in order, on CUDA's
+    workload, each writing its .txt (and .json), eight files in all (the device tool's most)."""
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> {log}\n'
+        'while [ $# -gt 0 ]; do [ "$1" = --out ] && echo {} > "$2"; shift; done\n'
+    )
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    env = {"PATH": "/usr/bin:/bin", "OUT": str(out), "PYTHON": str(fake)}
+    done = subprocess.run(["bash", "benchmarks/gpu.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("-c import torch, fctc")
+    assert calls[1] == f"benchmarks/host_sync.py --device cuda --out {out}/host_sync.json"
+    common = "benchmarks/train_step.py --device cuda --batch 32 --seconds 15 --no-memory"
+    assert calls[2:] == [
+        f"{common} --config 5x5 --no-compile --precisions fp32,bf16,fp16 --out {out}/eager_5x5.json",
+        f"{common} --config 15x5 --no-compile --precisions fp32,bf16 --out {out}/eager_15x5.json",
+        f"{common} --config 5x5 --precisions fp32 --accum 1 --out {out}/compiled_5x5.json",
+    ]
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) == 8 and {p.rsplit(".", 1)[1] for p in files} == {"txt", "json"}
