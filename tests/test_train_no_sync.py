@@ -150,8 +150,18 @@ class HostToDevice(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("accum_steps", [1, 2])
-def test_eager_step_on_a_device_without_values(accum_steps):
+_META_SCHEDULES = {
+    "warmup cosine": _SCHEDULE,
+    "exponential decay": optim.exponential_decay(1e-2, 5, 0.5),
+    "one-cycle (piecewise interpolation)": optim.linear_onecycle_schedule(10, 1e-2),
+}
+
+
+@pytest.mark.parametrize("accum_steps, schedule", [
+    (1, "warmup cosine"), (2, "warmup cosine"), (1, "exponential decay"),
+    (1, "one-cycle (piecewise interpolation)"),
+])
+def test_eager_step_on_a_device_without_values(accum_steps, schedule):
     """The whole eager step on the meta device, an accelerator whose tensors hold no values:
     every value read fails there, without patching fctc's device tests, and no host data is
     copied over. (torch's CTC kernel has no meta implementation: a loss of the logits stands
@@ -165,7 +175,8 @@ def test_eager_step_on_a_device_without_values(accum_steps):
         )
         return logits.float().pow(2).mean(), new_state
 
-    tx = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(_SCHEDULE, weight_decay=1e-2))
+    lr = _META_SCHEDULES[schedule]
+    tx = optim.chain(optim.clip_by_global_norm(1.0), optim.adamw(lr, weight_decay=1e-2))
     step = make_train_step(model, tx, loss_fn, accum_steps=accum_steps)
     state = step.init_state(random.key(0), device=meta)
     batch = Batch(*(t.to(meta) for t in _batch(0)))

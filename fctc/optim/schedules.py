@@ -63,6 +63,14 @@ def _f32(count: torch.Tensor) -> torch.Tensor:
     return count.to(torch.float32)
 
 
+def _constants(xs: Sequence[float], device: torch.device) -> torch.Tensor:
+    """Python numbers as a float32 vector on ``device``: built on the CPU, filled in one by one
+    elsewhere (a copy of host data would wait for an accelerator)."""
+    if device.type == "cpu":
+        return torch.tensor(xs, dtype=torch.float32)
+    return torch.stack([_backend.as_tensor(x, torch.float32, device) for x in xs])
+
+
 def _full(value: Any, like: torch.Tensor) -> torch.Tensor:
     """``value`` broadcast to ``like``'s shape as float32 on its device."""
     return torch.zeros(like.shape, dtype=torch.float32, device=like.device) + value
@@ -331,8 +339,7 @@ def piecewise_interpolate_schedule(
     def schedule(count):
         c = _count(count)
         cf = _f32(c)[..., None]
-        b = torch.stack([_backend.as_tensor(x, torch.float32, c.device) for x in bounds])
-        v = torch.stack([_backend.as_tensor(x, torch.float32, c.device) for x in values])
+        b, v = _constants(bounds, c.device), _constants(values, c.device)
         size = torch.clamp(b[1:] - b[:-1], min=1)
         inside = (b[:-1] <= cf) & (cf < b[1:])
         pct = (cf - b[:-1]) / size
