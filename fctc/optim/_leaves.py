@@ -105,11 +105,9 @@ def add_scalar(xs: list, s: Scalar, inplace: bool = False) -> list | None:
       The sums, or None in place.
     """
     op = torch._foreach_add_ if inplace else torch._foreach_add
-    if isinstance(s, torch.Tensor) and not _backend.host_is_free([s]):
-        if _backend.is_tracing():
-            return op(xs, [s] * len(xs))
+    if isinstance(s, torch.Tensor) and not (_backend.host_is_free([s]) or _backend.is_tracing()):
         return op(xs, s, alpha=1)
-    return op(xs, s)
+    return op(xs, sc(xs, s))
 
 
 def scaled(updates: Any, factor: Scalar) -> Any:
