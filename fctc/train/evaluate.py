@@ -12,7 +12,7 @@ from ..losses import ctc_loss
 from ..metrics import ErrorCounts, error_counts
 from ..nn.core import Model
 from ..text import Vocabulary
-from .loss_output import as_loss_output, weight_of
+from .loss_output import as_loss_output, stats_tensors, weight_of
 
 __all__ = ["EvalOutput", "make_eval_step", "predict"]
 
@@ -56,7 +56,7 @@ def _stats_of(loss_fn: Callable, precision: str):
         out = as_loss_output(out)
         if not out.stats:
             return {}, None
-        stats = {k: backend.as_tensor(v, device=device).detach().float() for k, v in out.stats.items()}
+        stats = stats_tensors(out.stats, device)
         return stats, weight_of(out.weight, batch, device)
 
     return run

@@ -30,7 +30,7 @@ import torch
 from .. import backend as _backend
 from .. import tree as _tree
 
-__all__ = ["LossOutput", "as_loss_output", "weight_of", "LossRules", "SINGLE"]
+__all__ = ["LossOutput", "as_loss_output", "stats_tensors", "weight_of", "LossRules", "SINGLE"]
 
 SINGLE = "loss"
 """The group name of a step with one transformation."""
@@ -81,6 +81,19 @@ def as_loss_output(out: Any) -> LossOutput:
     if out.stats is not None and not isinstance(out.stats, dict):
         raise TypeError(f"loss_fn: stats must be a dict of tensors, got {type(out.stats).__name__}")
     return out
+
+
+def stats_tensors(stats: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """A loss function's statistics as detached float32 tensors on ``device``.
+
+    Args:
+      stats: what the loss function returned (numbers or tensors, by name).
+      device: where they go.
+
+    Returns:
+      The statistics, by the same names.
+    """
+    return {k: _backend.as_tensor(v, device=device).detach().float() for k, v in stats.items()}
 
 
 def weight_of(weight: Any, batch: Any, device: torch.device) -> torch.Tensor:

@@ -23,7 +23,7 @@ from ..nn.core import Model, deterministic, uses_key
 from ..optim.base import GradientTransformation, update_and_apply
 from ..optim.loss_scale import DynamicLossScale, dynamic_loss_scale
 from .loss_output import SINGLE as _SINGLE
-from .loss_output import LossRules, as_loss_output, weight_of
+from .loss_output import LossRules, as_loss_output, stats_tensors, weight_of
 from .routing import Labels, group_params, merge_groups
 from .state import TrainState, init_train_state, observe
 from .stats import STATS_PREFIX, WeightedMean
@@ -262,7 +262,7 @@ class TrainStep:
             logged = {n: v.detach().float() for n, v in logged.items()}
             stats, weight = {}, ()  # aux holds tensors only (functorch's vjp): none by default
             if out.stats:
-                stats = {k: backend.as_tensor(v, device=device).detach().float() for k, v in out.stats.items()}
+                stats = stats_tensors(out.stats, device)
                 weight = weight_of(out.weight, mb, device)
             return {n: v.float() for n, v in optimised.items()}, (new_state, logged, stats, weight)
 
