@@ -51,6 +51,25 @@ def batches(config: dict, n: int = 3, seconds: float = 3.2) -> list[Batch]:
     return out
 
 
+def recipe_step(cached_features: bool = True, jit: bool = False):
+    """The default recipe's train step, as ``fctc train`` builds it.
+
+    Args:
+        cached_features: the model over cached features (False: over audio, with the
+            on-the-fly waveform augmentation).
+        jit: ``make_train_step(jit=True)``.
+
+    Returns:
+        ``(config, step)``.
+    """
+    config = default_config()
+    vocab = build_vocabulary(config, ["abc"])
+    model = build_model(config["model"], vocab, cached_features=cached_features)
+    tx = build_optimizer(config, 10_000)
+    tx = tx[0] if isinstance(tx, tuple) else tx
+    return config, make_train_step(model, tx, blank=vocab.blank_idx, jit=jit)
+
+
 def time_steps(steps: int, warmup: int, jit: bool) -> dict:
     """Build the default recipe's step and time it.
 
@@ -62,12 +81,7 @@ def time_steps(steps: int, warmup: int, jit: bool) -> dict:
     Returns:
         The figures: fctc's location, parameters, batch shape, first step and median step.
     """
-    config = default_config()
-    vocab = build_vocabulary(config, ["abc"])
-    model = build_model(config["model"], vocab, cached_features=True)
-    tx = build_optimizer(config, 10_000)
-    tx = tx[0] if isinstance(tx, tuple) else tx
-    step = make_train_step(model, tx, blank=vocab.blank_idx, jit=jit)
+    config, step = recipe_step(jit=jit)
     state = step.init_state(fctc.random.key(0))
     data = batches(config)
     t0 = time.perf_counter()

@@ -30,29 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import default_step  # noqa: E402  (the recipe's batches)
 
 import fctc  # noqa: E402
-from fctc.cli.config import default_config  # noqa: E402
-from fctc.cli.recipe import build_model, build_optimizer, build_vocabulary  # noqa: E402
 from fctc.host_reads import HostReads, accelerator_path  # noqa: E402
-from fctc.train import Batch, make_train_step  # noqa: E402
+from fctc.train import Batch  # noqa: E402
 
 SAMPLE_RATE = 16_000
-
-
-def recipe_step(waveform: bool):
-    """The default recipe's eager train step and its vocabulary.
-
-    Args:
-        waveform: the model over audio (on-the-fly waveform augmentation) instead of over
-            cached features.
-
-    Returns:
-        ``(config, step)``.
-    """
-    config = default_config()
-    vocab = build_vocabulary(config, ["abcdefghijklmnopqrstuvwxyz '"])
-    model = build_model(config["model"], vocab, cached_features=not waveform)
-    tx = build_optimizer(config, 10_000)
-    return config, make_train_step(model, tx[0] if isinstance(tx, tuple) else tx, blank=vocab.blank_idx)
 
 
 def audio_batches(config: dict, n: int = 2, seconds: float = 3.2) -> list[Batch]:
@@ -111,7 +92,7 @@ def count_reads(device: torch.device, steps: int, warmup: int, waveform: bool) -
         ``{"device", "waveform", "steps", "reads": [[per step, what, where], ...],
         "cuda_syncs": [[per step, where], ...]}``.
     """
-    config, step = recipe_step(waveform)
+    config, step = default_step.recipe_step(cached_features=not waveform)
     data = audio_batches(config) if waveform else default_step.batches(config, 2)
     data = [Batch(*(t.to(device) for t in b)) for b in data]
     state = step.init_state(fctc.random.key(0), device=device)
