@@ -16,7 +16,9 @@ Deriving keys (:func:`split`, :func:`fold_in`) eagerly from a CPU key runs the c
 host, in Python integers, where reading the key back costs no device synchronisation: the same
 words as the tensor cipher, without the ~150 tiny tensor operations of its 20 rounds (a train
 step derives a few keys per step). Under tracing, and for keys on accelerators, the cipher
-stays in tensor operations.
+stays in tensor operations; under ``torch.compile`` its 20 rounds are one operator,
+``fctc::threefry_rounds``, which runs the eager rounds (inlined, inductor spent 30-40 s
+generating the code of each draw on a small CPU).
 """
 
 from __future__ import annotations
@@ -121,6 +123,14 @@ def _threefry2x32(k: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor):
     ks = _key_schedule(k)
     x0 = x0 + ks[0]
     x1 = x1 + ks[1]
+    if torch.compiler.is_compiling():  # one opaque operation for the compiler (see _rounds_op)
+        return tuple(_rounds_op(x0, x1, *ks))
+    return _rounds(ks, x0, x1)
+
+
+def _rounds(ks: tuple, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 20 rounds of :func:`_threefry2x32` after the first key injection (``x0``/``x1``
+    fresh tensors): in place on large eager inputs, else one new tensor per operation."""
     if x0.numel() >= _IN_PLACE_MIN and _eager(x0, x1):
         return _rounds_in_place(ks, x0, x1)
     for i in range(5):
@@ -130,6 +140,45 @@ def _threefry2x32(k: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor):
         x0 = x0 + ks[(i + 1) % 3]
         x1 = x1 + (ks[(i + 2) % 3] + (i + 1))
     return x0, x1
+
+
+@torch.library.custom_op("fctc::threefry_rounds", mutates_args=())
+def _rounds_op(
+    x0: torch.Tensor, x1: torch.Tensor, k0: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_rounds` as one operator, what compiled code calls for the cipher.
+
+    Inlined, the rounds are ~130 integer operations whose every value is read two or three
+    times; inductor re-expands such chains into each kernel that reads them, and generating
+    the code of a single draw took 30 to 40 s on a 2-vCPU CPU (torch 2.13), minutes for a
+    model with augmentation and dropout. As an operator the compiler sees one call; it runs
+    the eager rounds (in place on large draws), so compiled words are the eager ones.
+    """
+    shape = torch.broadcast_shapes(x0.shape, x1.shape, k0.shape, k1.shape, k2.shape)
+    # Fresh, full-size words (the in-place rounds must not write the caller's tensors).
+    x0, x1 = x0.expand(shape).clone(), x1.expand(shape).clone()
+    return _rounds((k0, k1, k2), x0, x1)
+
+
+@_rounds_op.register_fake
+def _(x0, x1, k0, k1, k2):
+    shape = torch.broadcast_shapes(x0.shape, x1.shape, k0.shape, k1.shape, k2.shape)
+    return x0.new_empty(shape), x1.new_empty(shape)
+
+
+@torch.library.register_vmap("fctc::threefry_rounds")
+def _(info, in_dims, *args):
+    # Element-wise with broadcasting: line every argument up as (batch, *logical shape).
+    ndim = max(a.dim() - (d is not None) for a, d in zip(args, in_dims))
+    lined = []
+    for a, d in zip(args, in_dims):
+        if d is None:
+            a = a.reshape((1,) * (1 + ndim - a.dim()) + a.shape)
+        else:
+            a = a.movedim(d, 0)
+            a = a.reshape(a.shape[:1] + (1,) * (1 + ndim - a.dim()) + a.shape[1:])
+        lined.append(a)
+    return _rounds_op(*lined), (0, 0)
 
 
 def _key_schedule(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

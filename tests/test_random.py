@@ -165,6 +165,60 @@ def test_jit_compiled_draws_equal_eager():
     ft.assert_trees_equal(compiled(R.key(12)), small_draw(R.key(12)))  # key is data, not a constant
 
 
+def _captured_graphs(fn, *args, dynamic=False):
+    """``fn(*args)`` compiled through AOTAutograd on fake tensors (no inductor), with the
+    FX graphs dynamo captured."""
+    graphs = []
+
+    def backend_(gm, example_inputs):
+        graphs.append(gm)
+        from torch._dynamo.backends.common import aot_autograd
+
+        return aot_autograd(fw_compiler=lambda g, _: g)(gm, example_inputs)
+
+    torch._dynamo.reset()
+    out = torch.compile(fn, backend=backend_, fullgraph=True, dynamic=dynamic)(*args)
+    return out, graphs
+
+
+def test_compiled_code_sees_the_cipher_rounds_as_one_operator():
+    """Inlined, the 20 rounds made inductor take 30-40 s per draw to generate code: compiled,
+    they are one ``fctc::threefry_rounds`` call per cipher, with the eager words."""
+    n = 2 * R._IN_PLACE_MIN + 5  # a draw large enough for the in-place rounds, odd
+
+    def draws(k):
+        a, b = R.split(k)
+        return a, R.bits(R.fold_in(b, 3), (n,)), R.uniform(b, (4, 3))
+
+    for dynamic in (False, True):
+        out, graphs = _captured_graphs(draws, R.key(5), dynamic=dynamic)
+        ft.assert_trees_equal(out, draws(R.key(5)))
+        targets = [node.target for g in graphs for node in g.graph.nodes if node.op == "call_function"]
+        assert targets.count(torch.ops.fctc.threefry_rounds.default) == 4  # split, fold_in, 2 draws
+        # Left inline: the key schedules' parity words and fold_in's domain, not 20 per round.
+        assert sum("xor" in str(t) for t in targets) <= 2 * 4 + 1
+
+
+def test_the_cipher_operator_under_vmap_and_compile():
+    """vmap over keys inside compiled code batches the operator's key words (its vmap rule)."""
+    keys = R.split(R.key(9), 3)
+
+    def draw(k):
+        a, b = R.split(k)
+        return a, R.bits(R.fold_in(b, torch.tensor(2)), (5, 2))
+
+    expected = [torch.stack(v) for v in zip(*[draw(k) for k in keys])]
+    out, _ = _captured_graphs(torch.func.vmap(draw), keys)
+    ft.assert_trees_equal(list(out), expected)
+    # The rule itself, on batched and unbatched operands of different ranks.
+    x0 = torch.arange(6, dtype=torch.int32).reshape(3, 2)
+    x1 = torch.full((2,), 7, dtype=torch.int32)
+    k0, k1, k2 = (torch.tensor([1, 2, 3], dtype=torch.int32) + i for i in range(3))
+    y = torch.func.vmap(R._rounds_op, in_dims=(0, None, 0, 0, 0))(x0, x1, k0, k1, k2)
+    rows = [R._rounds((k0[b], k1[b], k2[b]), x0[b].clone(), x1.clone()) for b in range(3)]
+    ft.assert_trees_equal(list(y), [torch.stack(c) for c in zip(*rows)])
+
+
 # ----------------------------------------------------------------------------- split / fold_in
 
 
