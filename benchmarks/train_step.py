@@ -16,7 +16,9 @@ Rows (per precision; "torch eager" of the same precision is the reference of the
 * ``fctc eager``: ``fctc.train.make_train_step(..., jit=False)``;
 * ``fctc donated``: the same step with ``donate=True`` (the update reuses the state's buffers);
 * ``fctc jit``: the same step with ``jit=True`` and ``donate=True`` (the loss and its gradient
-  compiled by ``torch.compile``, the update eager and donated).
+  compiled by ``torch.compile``, the update eager and donated);
+* ``fctc jit step`` (with ``--jit-step``): the same step with ``jit="step"`` (the whole step,
+  update included, one compiled function; minutes of compilation on a small CPU).
 
 With ``--accum K`` (default 4) two more rows split each batch into K micro-batches, accumulate
 gradients and update once (torch: K ``backward()`` calls of weighted losses; fctc:
@@ -34,7 +36,8 @@ process, Python and torch included). The JSON also holds, per row, the memory af
 and the increase of the peak over the memory just before the measured steps.
 
     python benchmarks/train_step.py --device cpu|cuda --config 5x5|15x5 --batch B --seconds S \
-        [--precisions fp32,bf16,fp16] [--accum 4] [--no-compile] [--quick] [--out results.json]
+        [--precisions fp32,bf16,fp16] [--accum 4] [--no-compile] [--jit-step] [--quick] \
+        [--out results.json]
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ DECAY_STEPS = 10_000
 WEIGHT_DECAY = 1e-3
 MAX_NORM = 1.0
 
-SIDES = ("torch eager", "torch compile", "fctc eager", "fctc donated", "fctc jit")
+SIDES = ("torch eager", "torch compile", "fctc eager", "fctc donated", "fctc jit", "fctc jit step")
+JIT = {"fctc jit": True, "fctc jit step": "step"}  # the compiled fctc rows' jit modes
 
 
 # ------------------------------------------------------------------------------ the workload
@@ -316,17 +320,18 @@ def build_row(spec: dict, config: str, weights, device) -> Callable[[Batch], Non
     if side.startswith("torch"):
         return TorchLoop(config, weights, device, precision, side == "torch compile", accum)
     return FctcLoop(
-        config, weights, device, precision, side == "fctc jit", accum,
+        config, weights, device, precision, JIT.get(side, False), accum,
         donate=side in ("fctc donated", "fctc jit"),
     )
 
 
-def row_specs(precisions, compile_rows: bool, accum: int) -> list[dict]:
+def row_specs(precisions, compile_rows: bool, accum: int, jit_step: bool = False) -> list[dict]:
     """The rows of the table.
 
     Args:
         precisions: ``fp32`` / ``bf16`` / ``fp16``.
         compile_rows: include the compiled rows.
+        jit_step: with them, the ``fctc jit step`` row.
         accum: micro-batches of the accumulation rows (1: none).
 
     Returns:
@@ -334,6 +339,7 @@ def row_specs(precisions, compile_rows: bool, accum: int) -> list[dict]:
     """
     specs = []
     sides = SIDES if compile_rows else ("torch eager", "fctc eager", "fctc donated")
+    sides = [s for s in sides if jit_step or s != "fctc jit step"]
     for p in precisions:
         for side in sides:
             specs.append(dict(name=f"{side} {p}", side=side, precision=p, accum=1,
@@ -629,6 +635,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="comma-separated fp32,bf16,fp16 (default: fp32 on CPU, fp32,bf16 on CUDA)")
     ap.add_argument("--accum", type=int, default=4, help="micro-batches of the accumulation rows (1: none)")
     ap.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
+    ap.add_argument("--jit-step", action="store_true", help="add the fctc jit step row (jit='step')")
     ap.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps per row first")
     ap.add_argument("--rounds", type=int, default=None)
@@ -711,7 +718,7 @@ def _timed_rows(specs, timing, batch: int, seconds_per_batch: float, per_round: 
             "utt_per_s": batch / med,
             "audio_s_per_s": seconds_per_batch / med,
             "first_step_s": timing["first"][s["name"]],
-            "compile_s": (timing["first"][s["name"]] - med) if s["side"] in ("torch compile", "fctc jit") else None,
+            "compile_s": (timing["first"][s["name"]] - med) if s["side"] in ("torch compile", *JIT) else None,
             "step_times_s": ts,
         })
     by_name = {r["name"]: r for r in rows}
@@ -779,7 +786,7 @@ def main(argv=None) -> dict:
     weights = initial_weights(args.config)
     batches = make_batches(args.batch, args.seconds, device)
     parity = check_parity(args.config, weights, batches, device)
-    specs = row_specs(precisions, not args.no_compile, args.accum)
+    specs = row_specs(precisions, not args.no_compile, args.accum, args.jit_step)
     runners = {s["name"]: build_row(s, args.config, weights, device) for s in specs}
     timing = time_rows(runners, batches, device, args.warmup, args.rounds, args.per_round,
                        CLOCKS[args.clock])
