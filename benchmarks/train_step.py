@@ -331,8 +331,8 @@ def row_specs(precisions, compile_rows: bool, accum: int, jit_step: bool = False
     Args:
         precisions: ``fp32`` / ``bf16`` / ``fp16``.
         compile_rows: include the compiled rows.
-        jit_step: with them, the ``fctc jit step`` row.
         accum: micro-batches of the accumulation rows (1: none).
+        jit_step: with the compiled rows, the ``fctc jit step`` row.
 
     Returns:
         One dict per row, each with its reference row (the ratio's denominator).

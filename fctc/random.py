@@ -121,17 +121,18 @@ def _threefry2x32(k: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor):
     ``k`` is a key (int64 words); ``x0``/``x1`` and the results are int32 words.
     """
     ks = _key_schedule(k)
-    x0 = x0 + ks[0]
-    x1 = x1 + ks[1]
     if torch.compiler.is_compiling():  # one opaque operation for the compiler (see _rounds_op)
         return tuple(_rounds_op(x0, x1, *ks))
     return _rounds(ks, x0, x1)
 
 
 def _rounds(ks: tuple, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 20 rounds of :func:`_threefry2x32` after the first key injection (``x0``/``x1``
-    fresh tensors): in place on large eager inputs, else one new tensor per operation."""
-    if x0.numel() >= _IN_PLACE_MIN and _eager(x0, x1):
+    """:func:`_threefry2x32` under the round keys ``ks``: the first key injection makes fresh
+    words (``x0``/``x1`` are not written), then the 20 rounds, in place on large eager inputs,
+    else one new tensor per operation."""
+    x0 = x0 + ks[0]
+    x1 = x1 + ks[1]
+    if x0.numel() >= _IN_PLACE_MIN and x0.shape == x1.shape and _eager(x0, x1):
         return _rounds_in_place(ks, x0, x1)
     for i in range(5):
         for r in _ROTATIONS[i % 2]:
@@ -146,7 +147,8 @@ def _rounds(ks: tuple, x0: torch.Tensor, x1: torch.Tensor) -> tuple[torch.Tensor
 def _rounds_op(
     x0: torch.Tensor, x1: torch.Tensor, k0: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_rounds` as one operator, what compiled code calls for the cipher.
+    """:func:`_rounds` as one operator, what compiled code calls for the cipher (a new pair of
+    words, its inputs untouched).
 
     Inlined, the rounds are ~130 integer operations whose every value is read two or three
     times; inductor re-expands such chains into each kernel that reads them, and generating
@@ -154,9 +156,6 @@ def _rounds_op(
     model with augmentation and dropout. As an operator the compiler sees one call; it runs
     the eager rounds (in place on large draws), so compiled words are the eager ones.
     """
-    shape = torch.broadcast_shapes(x0.shape, x1.shape, k0.shape, k1.shape, k2.shape)
-    # Fresh, full-size words (the in-place rounds must not write the caller's tensors).
-    x0, x1 = x0.expand(shape).clone(), x1.expand(shape).clone()
     return _rounds((k0, k1, k2), x0, x1)
 
 
