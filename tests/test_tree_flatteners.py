@@ -128,7 +128,7 @@ def test_map_with_several_trees_matches_optree():
     assert all(torch.equal(x, y) for x, y in zip(T.leaves(got), optree.tree_leaves(ref)))
 
 
-def test_compiled_code_flattens_through_optree():
+def test_compiled_code_gets_the_leaves_eager_code_gets():
     t = torch.randn(3)
 
     @torch.compile(backend="eager", fullgraph=True)
