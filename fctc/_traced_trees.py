@@ -3,16 +3,16 @@
 Under ``torch.compile`` dynamo cannot call optree's C functions; it traces its own Python
 model of optree instead (``torch._dynamo.polyfills.pytree``), which looks every node up in the
 registry and builds a Python object per node of the tree definition. Tracing that costs
-seconds per call on an optimiser state (a ``tree.select`` over AdamW's state of a 35-leaf
-model: about 4.5 s), and a compiled train step flattens its trees a few dozen times. The
-structures fctc builds are dicts with string keys, lists, tuples, NamedTuples and ``None``:
-this module flattens those with a short recursion that creates no objects but lists and
-tuples (new objects are what dynamo tracks at length), and :class:`Spec` wraps the nested
-tuples that describe the structure, with the methods of optree's tree definition that fctc
-uses (``unflatten``, ``flatten_up_to``, ``num_leaves``). The leaves come in optree's order (a
-dict's keys sorted) and ``unflatten`` rebuilds a dict in its original key order, as optree
-does. Any other node (an OrderedDict, a deque, a registered class, a dict with keys other than
-strings) makes :func:`flatten` and :func:`leaves` return None, and the caller uses optree.
+seconds per call on an optimiser state (a flatten and an unflatten of AdamW's state of a
+35-leaf model: about 10 s), and a compiled train step flattens its trees a few dozen times.
+The structures fctc builds are dicts, lists, tuples, NamedTuples and ``None``: this module
+walks those in loops over an explicit stack, and :class:`Spec`, its tree definition, has the
+methods of optree's that fctc uses (``unflatten``, ``flatten_up_to``, ``num_leaves``). Those
+two map a tree of leaf positions, built once per structure, with ``optree.tree_map``, which
+dynamo runs natively. The leaves come in optree's order (a dict's keys sorted) and
+``unflatten`` rebuilds a dict in its original key order, as optree does. Any other node (an
+OrderedDict, a deque, a registered class, a dict whose keys do not compare) makes
+:func:`flatten` and :func:`leaves` return None, and the caller uses optree.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
+import optree
 import torch
 
 # A structure is the tuple of its nodes in pre-order (a node, then its children's subtrees in
@@ -118,38 +119,6 @@ def _build(nodes: tuple, leaves: list) -> Any:
     return values[0]
 
 
-def _up_to(nodes: tuple, tree: Any) -> list:
-    out, stack = [], [tree]
-    for node in nodes:
-        sub = stack.pop()
-        kind = node[0]
-        if kind == _LEAF:
-            out.append(sub)
-        elif kind == _NONE:
-            if sub is not None:
-                raise ValueError(f"flatten_up_to: expected None, got a {type(sub).__name__}")
-        elif kind == _DICT:
-            keys = node[1]
-            same = type(sub) is dict and len(sub) == len(keys)
-            if same:
-                for k in keys:
-                    if k not in sub:
-                        same = False
-            if not same:
-                got = list(sub) if isinstance(sub, dict) else type(sub).__name__
-                raise ValueError(f"flatten_up_to: expected a dict with keys {list(keys)}, got {got}")
-            for k in node[2]:
-                stack.append(sub[k])
-        else:
-            t, n = node[1], node[2]
-            if type(sub) is not t or len(sub) != n:
-                raise ValueError(
-                    f"flatten_up_to: expected a {t.__name__} of {n} entries, got {sub!r:.80}"
-                )
-            stack.extend(sub[::-1])
-    return out
-
-
 class Spec:
     """The structure of a tree flattened by :func:`flatten` (optree's ``PyTreeSpec``'s role).
 
@@ -157,11 +126,19 @@ class Spec:
       num_leaves: how many leaves the structure holds.
     """
 
-    __slots__ = ("nodes", "num_leaves")
+    __slots__ = ("nodes", "num_leaves", "_index")
 
     def __init__(self, nodes: tuple, num_leaves: int):
         self.nodes = nodes
         self.num_leaves = num_leaves
+        self._index = None
+
+    def _indices(self) -> Any:
+        """The structure holding each leaf's position: built once, then mapped by
+        ``optree.tree_map``, which dynamo runs natively (a rebuild is the costliest walk)."""
+        if self._index is None:
+            self._index = _build(self.nodes, list(range(self.num_leaves)))
+        return self._index
 
     def unflatten(self, leaves: Any) -> Any:
         """The tree of this structure holding ``leaves`` in order.
@@ -178,7 +155,7 @@ class Spec:
         leaves = list(leaves)
         if len(leaves) != self.num_leaves:
             raise ValueError(f"unflatten: expected {self.num_leaves} leaves, got {len(leaves)}")
-        return _build(self.nodes, leaves)
+        return optree.tree_map(leaves.__getitem__, self._indices())
 
     def flatten_up_to(self, tree: Any) -> list[Any]:
         """The subtrees of ``tree`` at this structure's leaves, in leaf order.
@@ -192,7 +169,9 @@ class Spec:
         Raises:
           ValueError: ``tree`` differs from the structure above its leaves.
         """
-        return _up_to(self.nodes, tree)
+        out: list[Any] = [None] * self.num_leaves
+        optree.tree_map(out.__setitem__, self._indices(), tree)  # raises ValueError as optree does
+        return out
 
     def __repr__(self) -> str:
         return f"Spec(num_leaves={self.num_leaves})"
