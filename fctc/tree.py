@@ -127,7 +127,9 @@ def flatten(tree: PyTree, is_leaf=None, none_is_leaf: bool = False) -> tuple[lis
         optimisers' update trees mark frozen parameters so).
 
     Returns:
-      ``(leaves, treedef)``.
+      ``(leaves, treedef)``: optree's treedef, or inside compiled code (``torch.compile``) an
+      ``fctc._traced_trees.Spec`` with the same ``unflatten`` / ``flatten_up_to`` /
+      ``num_leaves``; give either back to :func:`unflatten`.
     """
     if is_leaf is None:
         if not torch.compiler.is_compiling():
