@@ -44,7 +44,7 @@ from fctc.lm import KneserNeyLM
 
 from cli_helpers import STEPS, TINY  # noqa: F401  (the shared tiny recipe; fixtures in conftest)
 from cli_helpers import deep_update as _deep_update
-from cli_helpers import few_manifest
+from cli_helpers import few_manifest, run_cli
 from cli_helpers import tensors as _tensors
 from cli_helpers import train_rows as _train_rows
 from cli_helpers import write_config as _write
@@ -549,3 +549,25 @@ def test_metrics_log_writes_tensorboard_events(tmp_path):
     log.append({"step": 1, "epoch": 0, "kind": "train", "loss": 2.0, "lr": 1e-3})
     log.close()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_training_runs_with_the_setup_frozen_for_the_garbage_collector(tmp_path, tiny_config, monkeypatch):
+    # The run's setup (torch's import, the model, the feature cache) is frozen while it trains,
+    # so that the collector's full passes skip it; it is unfrozen when the run ends.
+    import gc
+
+    from fctc.cli.train import Trainer
+
+    frozen = []
+    step = Trainer._train_step
+
+    def recording(self, batch):
+        frozen.append(gc.get_freeze_count())
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "_train_step", recording)
+    before = gc.get_freeze_count()
+    rc, _, err = run_cli("train", "--config", str(tiny_config), "--out", str(tmp_path / "run"), "--no-progress")
+    assert rc == 0, err
+    assert len(frozen) == STEPS and min(frozen) > before + 10_000
+    assert gc.get_freeze_count() == before

@@ -22,6 +22,7 @@ rest is bookkeeping that makes a run pleasant and exactly resumable:
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import signal
@@ -321,6 +322,11 @@ class Trainer:
             True when the run is complete, False when it was interrupted (``last/`` saved).
         """
         self._announce()
+        # What exists now (torch's import, the model, the data and its feature cache: hundreds
+        # of thousands of objects) lives through the run: frozen, the garbage collector's full
+        # passes skip it instead of walking it every few hundred steps (~180 ms each).
+        gc.collect()
+        gc.freeze()
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         self.bar = Progress(self.total_steps, self.step, enabled=self.show_progress)
         self._t_run, self._elapsed0 = time.perf_counter(), self.elapsed
@@ -338,6 +344,7 @@ class Trainer:
         finally:
             self.bar.close()
             signal.signal(signal.SIGINT, previous)
+            gc.unfreeze()
         return True
 
     def _announce(self) -> None:
