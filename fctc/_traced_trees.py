@@ -24,8 +24,8 @@ import optree
 import torch
 
 # A structure is the tuple of its nodes in pre-order (a node, then its children's subtrees in
-# leaf order): (_LEAF,), (_NONE,), (_DICT, keys sorted, the same reversed, keys in their order,
-# per key in that order its position among the sorted ones) or (_SEQ, type, length). The code
+# leaf order): (_LEAF,), (_NONE,), (_DICT, keys in their order, per key its position among the
+# sorted keys, which are the children's order) or (_SEQ, type, length). The code
 # is written for dynamo's tracer, which inlines every Python call at a cost (a helper, a
 # comprehension, ``reversed``, a set comparison): loops over an explicit stack, slices, and
 # nothing else.
@@ -50,12 +50,11 @@ def _describe(tree: Any, leaves: list, none_is_leaf: bool) -> tuple:
         if t is dict:
             order = tuple(node)
             keys = tuple(sorted(order))  # optree's order where the keys compare
-            rev = keys[::-1]
             position = []
             for k in order:
                 position.append(keys.index(k))
-            nodes.append((_DICT, keys, rev, order, tuple(position)))
-            for k in rev:
+            nodes.append((_DICT, order, tuple(position)))
+            for k in keys[::-1]:
                 stack.append(node[k])
         elif t is list or t is tuple or (issubclass(t, tuple) and hasattr(t, "_fields")):
             nodes.append((_SEQ, t, len(node)))
@@ -107,7 +106,7 @@ def _build(nodes: tuple, leaves: list) -> Any:
         values = values[: len(values) - n]
         if kind == _DICT:
             d = {}
-            for k, j in zip(node[3], node[4]):
+            for k, j in zip(node[1], node[2]):
                 d[k] = kids[j]
             values.append(d)
         elif node[1] is list:
