@@ -322,15 +322,16 @@ class Trainer:
             True when the run is complete, False when it was interrupted (``last/`` saved).
         """
         self._announce()
-        # What exists now (torch's import, the model, the data and its feature cache: hundreds
-        # of thousands of objects) lives through the run: frozen, the garbage collector's full
-        # passes skip it instead of walking it every few hundred steps (~180 ms each).
-        gc.collect()
-        gc.freeze()
         previous = signal.signal(signal.SIGINT, self._on_sigint)
         self.bar = Progress(self.total_steps, self.step, enabled=self.show_progress)
         self._t_run, self._elapsed0 = time.perf_counter(), self.elapsed
         self.window.restart()
+        # What exists now (torch's import, the model, the data and its feature cache: hundreds
+        # of thousands of objects) lives through the run: frozen, the garbage collector's full
+        # passes skip it instead of walking it every few hundred steps (~180 ms each). Frozen
+        # last, just before the try whose finally unfreezes it.
+        gc.collect()
+        gc.freeze()
         try:
             while not self._done() and not self.interrupted:
                 self._train_epoch()
