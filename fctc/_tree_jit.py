@@ -23,11 +23,54 @@ import torch._functorch.config
 
 from . import tree as _tree
 
-__all__ = ["jit_trees"]
+__all__ = ["jit_trees", "opaque_kernels", "without_opaque_kernels"]
 
 # Guards kept whatever their source: the inputs' tensors, their aliasing, the shape relations.
 _ALWAYS_KEPT = frozenset({"TENSOR_MATCH", "DUPLICATE_INPUT", "SHAPE_ENV"})
 _counter = itertools.count()
+
+
+class _OpaqueKernels:
+    """Whether the code being compiled may call fctc's CPU kernels as opaque custom ops: set
+    around the calls of what :func:`jit_trees` compiles, cleared around the ``torch.func``
+    transforms fctc applies in there (inside ``torch.compile``, functorch cannot differentiate
+    through a custom op called from an ``autograd.Function``). Traced code reads it as a constant."""
+
+    __slots__ = ("on",)
+
+    def __init__(self):
+        self.on = False
+
+
+_OPAQUE = _OpaqueKernels()
+
+
+def opaque_kernels() -> bool:
+    """Whether fctc's CPU kernels may run here as opaque custom ops (see :class:`_OpaqueKernels`).
+
+    Returns:
+      True while ``torch.compile`` traces a function compiled by :func:`jit_trees`, outside
+      fctc's ``torch.func`` transforms.
+    """
+    return _OPAQUE.on and torch.compiler.is_compiling()
+
+
+def without_opaque_kernels(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with :func:`opaque_kernels` off (for a ``torch.func`` transform).
+
+    Args:
+      fn: the function to call.
+      *args, **kwargs: its arguments.
+
+    Returns:
+      What ``fn`` returns.
+    """
+    previous = _OPAQUE.on
+    _OPAQUE.on = False
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _OPAQUE.on = previous
 
 
 def _guard_filter(entries: Sequence[Any]) -> list[bool]:
@@ -250,7 +293,12 @@ def jit_trees(
         entry = cache.get(key)
         if entry is None:
             entry = cache[key] = compiled_for(_tree.structure(list(args)), static)
-        return entry(tensors, args)
+        previous = _OPAQUE.on
+        _OPAQUE.on = True
+        try:
+            return entry(tensors, args)
+        finally:
+            _OPAQUE.on = previous
 
     call.__wrapped__ = fn  # type: ignore[attr-defined]
     return call

@@ -328,7 +328,8 @@ def _func_path(fn, nums, argnums, has_aux, args, kwargs):
             return _check_scalar(value), aux
         return _check_scalar(out), out
 
-    grads, (value, aux) = torch.func.grad_and_value(inner, argnums=nums, has_aux=True)(*args)
+    transform = torch.func.grad_and_value(inner, argnums=nums, has_aux=True)
+    grads, (value, aux) = _tree_jit.without_opaque_kernels(transform, *args)
     if not has_aux:
         value = aux
     grads = grads[0] if isinstance(argnums, int) else grads
@@ -470,7 +471,7 @@ def vjp(fn: Callable[..., Any], *primals: Any, has_aux: bool = False):
       ``(out, vjp_fn)`` or ``(out, vjp_fn, aux)``.
     """
     if is_tracing():
-        res = torch.func.vjp(fn, *primals, has_aux=has_aux)
+        res = _tree_jit.without_opaque_kernels(torch.func.vjp, fn, *primals, has_aux=has_aux)
         out, inner = res[0], res[1]
 
         def vjp_fn_traced(cotangents, *, retain_graph=True):
@@ -578,7 +579,9 @@ class GradSum:
             return torch.full_like(v, cotangent)
 
         if self._tracing:
-            out, vjp_fn, aux = torch.func.vjp(fn, self.params, has_aux=True)
+            out, vjp_fn, aux = _tree_jit.without_opaque_kernels(
+                torch.func.vjp, fn, self.params, has_aux=True
+            )
             for name in out:
                 cts = {n: (ct(v) if n == name else torch.zeros_like(v)) for n, v in out.items()}
                 (grads,) = vjp_fn(cts)
@@ -635,9 +638,15 @@ def vmap(
     Returns:
       The vectorised function.
     """
-    return torch.func.vmap(
+    vectorised = torch.func.vmap(
         fn, in_dims=in_dims, out_dims=out_dims, randomness=randomness, chunk_size=chunk_size
     )
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        return _tree_jit.without_opaque_kernels(vectorised, *args, **kwargs)
+
+    return wrapped
 
 
 def jit(

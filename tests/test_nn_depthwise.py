@@ -124,3 +124,100 @@ def test_padding_never_leaks_across_utterances(threads):
     both = torch.cat([a, torch.randn(1, 5, 30)])
     one, two = (depthwise.depthwise_conv1d(v, w, None, 3, 1) for v in (a, both))
     assert torch.equal(one[0], two[0])
+
+
+# -- inside fctc's compiled code: the kernel as opaque custom ops ------------------------------
+
+
+def _layer_loss():
+    layer = nn.conv1d(64, 64, 5, padding=4, dilation=2, groups=64)
+    params, state = layer.init(random.key(0))
+
+    def loss(p, x):
+        y, _ = layer.apply(p, state, x)
+        return y.sin().sum()
+
+    return params, loss
+
+
+def _value_and_grads(loss, params, x):
+    p = {k: v.detach().requires_grad_() for k, v in params.items()}
+    value = loss(p, x)
+    return value, torch.autograd.grad(value, list(p.values()))
+
+
+def _recorded(graphs) -> str:
+    text = []
+    for gm in graphs:
+        text += [str(m.graph) for m in gm.modules() if isinstance(m, torch.fx.GraphModule)]
+    return "\n".join(text)
+
+
+def test_compiled_code_calls_the_kernel_as_opaque_ops_with_eager_values():
+    from torch._dynamo.testing import EagerAndRecordGraphs
+
+    from fctc import backend
+
+    params, loss = _layer_loss()
+    record = EagerAndRecordGraphs()
+    compiled = backend.jit_trees(loss, dynamic=(1,), backend=record, fullgraph=True)
+    for frames in (200, 260):  # dynamic lengths: one graph for both
+        x = torch.randn(3, 64, frames)
+        assert depthwise.fits(x, params["weight"], 1, 4, 64)
+        want, want_g = _value_and_grads(loss, params, x)
+        got, got_g = _value_and_grads(compiled, params, x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)
+        for a, c in zip(got_g, want_g):
+            torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-4)
+    assert len(record.graphs) == 1
+    graph = _recorded(record.graphs)
+    assert "fctc.depthwise_conv1d.default" in graph
+    assert "fctc.depthwise_conv1d_backward.default" in graph
+
+
+def test_fctc_transforms_inside_compiled_code_keep_conv1d():
+    """torch.func cannot differentiate the custom ops inside torch.compile: fctc's transforms
+    (the whole compiled train step's vjp) take F.conv1d there, and plain torch.compile always."""
+    from torch._dynamo.testing import EagerAndRecordGraphs
+
+    from fctc import backend
+
+    params, loss = _layer_loss()
+    x = torch.randn(3, 64, 200)
+
+    def step(p, x):
+        value, vjp_fn = backend.vjp(lambda q: loss(q, x), p)
+        return value, vjp_fn(torch.ones_like(value))[0]
+
+    record = EagerAndRecordGraphs()
+    value, grads = backend.jit_trees(step, backend=record, fullgraph=True)(params, x)
+    want, want_g = _value_and_grads(loss, params, x)
+    torch.testing.assert_close(value, want, rtol=1e-5, atol=1e-3)
+    for k, c in zip(params, want_g):
+        torch.testing.assert_close(grads[k], c, rtol=1e-5, atol=1e-4)
+    assert "fctc.depthwise_conv1d" not in _recorded(record.graphs)
+    long = torch.randn(2, 64, 600)  # one row is as large as the kernel takes
+    assert depthwise.fits(long[:1], params["weight"], 1, 4, 64)
+    rows = backend.vmap(lambda row: loss(params, row.unsqueeze(0)))
+    torch.testing.assert_close(
+        backend.jit_trees(rows, backend="eager", fullgraph=True)(long), rows(long), rtol=1e-5, atol=1e-3
+    )
+    seen = []
+    torch.compile(lambda v: seen.append(_fits(v, params["weight"], padding=4)) or v, backend="eager")(x)
+    assert seen == [False]
+
+
+def test_inductor_runs_the_opaque_kernel_for_every_length_without_recompiling():
+    from fctc import backend
+
+    params, loss = _layer_loss()
+    torch._dynamo.reset()
+    compiled = backend.jit_trees(loss, dynamic=(1,))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for frames in (200, 230, 260):
+            x = torch.randn(3, 64, frames)
+            want, want_g = _value_and_grads(loss, params, x)
+            got, got_g = _value_and_grads(compiled, params, x)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-3)
+            for a, c in zip(got_g, want_g):
+                torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-4)

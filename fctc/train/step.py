@@ -450,9 +450,11 @@ def make_train_step(
         guards the tensors only; Python values the loss function and model read are constants
         of it, as with ``jax.jit``). ``True``: the loss and its gradient (forward and backward
         in the compiled graphs ``torch.compile`` makes of a module; the update, one fused
-        kernel per group on the CPU, stays eager), which compiles in seconds. ``"step"``: the
-        whole step as one graph, the optimiser included (minutes to compile on a CPU; the
-        fastest steps on accelerators). Both compile the batch's sizes as dynamic, so batches
+        kernel per group on the CPU, stays eager), which compiles in seconds; on the CPU the
+        graphs call fctc's depthwise kernel (:mod:`fctc.nn.depthwise`) as an opaque op, as the
+        eager step does. ``"step"``: the whole step as one graph, the optimiser included
+        (minutes to compile on a CPU, with ``F.conv1d`` for every convolution; the fastest
+        steps on accelerators). Both compile the batch's sizes as dynamic, so batches
         of other lengths, widths or sizes reuse the compiled code (batches of one utterance or
         one label are compiled once more: torch specialises sizes 1). ``"reduce-overhead"``:
         the whole step recorded as a CUDA graph (CUDA only; fixed batch shapes, e.g. padded
