@@ -65,8 +65,13 @@ def without_opaque_kernels(fn: Callable[..., Any], *args: Any, **kwargs: Any) ->
     Returns:
       What ``fn`` returns.
     """
+    return _with_opaque_kernels(False, fn, *args, **kwargs)
+
+
+def _with_opaque_kernels(on: bool, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with the flag of :func:`opaque_kernels` set to ``on``, then restored."""
     previous = _OPAQUE.on
-    _OPAQUE.on = False
+    _OPAQUE.on = on
     try:
         return fn(*args, **kwargs)
     finally:
@@ -293,12 +298,7 @@ def jit_trees(
         entry = cache.get(key)
         if entry is None:
             entry = cache[key] = compiled_for(_tree.structure(list(args)), static)
-        previous = _OPAQUE.on
-        _OPAQUE.on = True
-        try:
-            return entry(tensors, args)
-        finally:
-            _OPAQUE.on = previous
+        return _with_opaque_kernels(True, entry, tensors, args)
 
     call.__wrapped__ = fn  # type: ignore[attr-defined]
     return call
